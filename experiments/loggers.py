@@ -1,0 +1,61 @@
+"""Lightning loggers from the `logger` group: CSV always, W&B on request (offline by itself when
+there is no API key), one W&B run per job, grouped by sweep."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def wandb_offline(setting: Any) -> bool:
+    """``offline: auto`` -> offline unless an API key is configured (env or ~/.netrc)."""
+    if setting != "auto":
+        return bool(setting)
+    if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        import netrc
+
+        return netrc.netrc().authenticators("api.wandb.ai") is None
+    except (OSError, netrc.NetrcParseError):
+        return True
+
+
+def sweep_group() -> str | None:
+    """The sweep folder's name in a multirun (all its jobs share a W&B group), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return f"{hc.runtime.choices.get('experiment', 'sweep')}/{os.path.basename(hc.sweep.dir)}"
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    from experiments.config import instantiate
+
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if name == "wandb":
+            node = OmegaConf.to_container(node, resolve=True)
+            node["offline"] = wandb_offline(node.get("offline", "auto"))
+            node["group"] = node.get("group") or sweep_group()
+            node["config"] = OmegaConf.to_container(cfg, resolve=True)
+        loggers.append(instantiate(node))
+    return loggers
+
+
+def finish_wandb(trainer, metrics: dict[str, Any]) -> None:
+    """Log the final grid metrics as the run summary and close the run (one W&B run per job)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(metrics)
+            import wandb
+
+            wandb.finish()

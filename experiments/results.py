@@ -1,0 +1,134 @@
+"""What a run leaves behind: a self-describing folder.
+
+``run_info.json`` (git commit + dirty flag, package versions, seed, overrides, command line),
+``results.json`` (flat ``<split>/<metric>@<sub-model>`` -> value, plus ``best/*`` and ``auc/*``),
+and per-run tables (Markdown + CSV) and a plot of metric vs sub-model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+from modules.submodel import SubModel, split_metric_key
+
+PACKAGES = ("torch", "lightning", "hydra-core", "omegaconf", "transformers", "peft", "bitsandbytes",
+            "wandb", "datasets", "numpy")
+
+
+def git_state(repo: Path) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic write: a crash mid-write never leaves a truncated file behind."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def write_run_info(run_dir: Path, seed: int, overrides: list[str]) -> None:
+    info = {
+        "git": git_state(Path(__file__).resolve().parent.parent),
+        "packages": package_versions(),
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "seed": seed, "overrides": overrides, "argv": sys.argv,
+    }
+    write_json(run_dir / "run_info.json", info)
+
+
+def summarize(metrics: Mapping[str, float], metric: str, higher_is_better: bool = True) -> dict[str, Any]:
+    """Best sub-model by ``metric`` and the area under the metric curve over the first axis."""
+    from experiments.metrics import area_under_curve
+
+    per_sub = {sub: v for k, v in metrics.items() for name, sub in [split_metric_key(k)] if name == metric}
+    if not per_sub:
+        return {}
+    pick = max if higher_is_better else min
+    best = pick(per_sub, key=per_sub.get)
+    summary: dict[str, Any] = {"best/submodel": best.key, f"best/{metric}": per_sub[best]}
+    if best.dims and len(best.dims) == 1 and len(per_sub) > 1:
+        points = sorted((s.dims[0][1], v) for s, v in per_sub.items())
+        summary[f"auc/{metric}"] = area_under_curve([p[0] for p in points], [p[1] for p in points])
+    return summary
+
+
+def submodel_table(metrics: Mapping[str, float]) -> tuple[list[str], list[list[Any]]]:
+    """Rows = sub-models, columns = metric names: (header, rows)."""
+    table: dict[SubModel, dict[str, float]] = {}
+    for key, value in metrics.items():
+        name, sub = split_metric_key(key)
+        if "/" in name and not name.startswith(("best/", "auc/", "train/")):
+            table.setdefault(sub, {})[name] = value
+    columns = sorted({c for row in table.values() for c in row})
+    subs = sorted(table, key=lambda s: s.dims)
+    header = ["submodel", *columns]
+    return header, [[s.key or "full", *[table[s].get(c) for c in columns]] for s in subs]
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    import csv
+
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def plot_submodel_curve(metrics: Mapping[str, float], names: list[str], path: Path) -> Path | None:
+    """Metric vs the (single) nested axis, one panel per metric; None if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for name in names:
+        pts = sorted((sub.dims[0][1], v) for k, v in metrics.items() for n, sub in [split_metric_key(k)]
+                     if n == name and len(sub.dims) == 1)
+        if pts:
+            series[name] = pts
+    if not series:
+        return None
+    axis = next(split_metric_key(k)[1].dims[0][0] for k in metrics if "@" in k)
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.2), squeeze=False)
+    for ax, (name, pts) in zip(axes[0], series.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(axis)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

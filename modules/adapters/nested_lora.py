@@ -1,0 +1,172 @@
+"""Nested-rank LoRA (DyLoRA / QDyLoRA): one layer for plain LoRA, dynamic rank, NF4 bases.
+
+At rank b:  h = W0 x + s(b) * B[:, :b] @ A[:b, :] @ dropout(x),   s(b) = alpha / b (paper).
+A is (r_max, d_in) kaiming-uniform(a=sqrt(5)), B is (d_out, r_max) zeros, as in LoRA/PEFT. Plain
+LoRA is the fixed-rank case (rank == r_max). The base may be ``nn.Linear`` or bitsandbytes
+``Linear4bit``: only its forward is called, so weights are never merged while the rank changes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCALES = ("alpha/b", "alpha/r_max", "alpha/sqrt(b)")
+
+
+class NestedLoRALinear(nn.Module):
+    def __init__(self, base_layer: nn.Module, r_max: int, alpha: float, dropout: float = 0.0,
+                 scale: str = "alpha/b", frozen_prefix: bool = False):
+        super().__init__()
+        if r_max <= 0:
+            raise ValueError(f"adapter.r_max must be a positive integer, got {r_max}")
+        if scale not in SCALES:
+            raise ValueError(f"adapter.scale={scale!r} is not an option; choose one of: {', '.join(SCALES)}")
+        self.base_layer = base_layer
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.r_max, self.alpha, self.scale_mode = int(r_max), float(alpha), scale
+        # DyLoRA's "frozen" update: components < b are detached so only component b learns.
+        self.frozen_prefix = frozen_prefix
+        self.rank = self.r_max
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Parameter(torch.empty(self.r_max, self.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r_max))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def scale(self, b: int) -> float:
+        if self.scale_mode == "alpha/b":
+            return self.alpha / b
+        if self.scale_mode == "alpha/r_max":
+            return self.alpha / self.r_max
+        return self.alpha / math.sqrt(b)
+
+    def set_rank(self, b: int) -> None:
+        if not 0 <= b <= self.r_max:
+            raise ValueError(f"rank {b} outside 0..r_max={self.r_max}")
+        self.rank = int(b)
+
+    def factors(self, b: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rank-b slices (A[:b], B[:, :b]) the forward uses, honouring the frozen option."""
+        b = self.rank if b is None else b
+        a, bm = self.lora_A[:b], self.lora_B[:, :b]
+        if self.frozen_prefix and self.training and b > 1:
+            a = torch.cat([a[: b - 1].detach(), a[b - 1:]], 0)
+            bm = torch.cat([bm[:, : b - 1].detach(), bm[:, b - 1:]], 1)
+        return a, bm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if self.rank == 0:
+            return out
+        a, bm = self.factors()
+        delta = F.linear(F.linear(self.dropout(x).to(a.dtype), a), bm)  # (..., d_out)
+        return out + (self.scale(self.rank) * delta).to(out.dtype)
+
+    def delta_weight(self, b: int | None = None) -> torch.Tensor:
+        """s(b) * B[:, :b] @ A[:b] as a dense (d_out, d_in) matrix (for tests and SVD baselines)."""
+        b = self.rank if b is None else b
+        return self.scale(b) * self.lora_B[:, :b] @ self.lora_A[:b]
+
+    def extra_repr(self) -> str:
+        return f"r_max={self.r_max}, rank={self.rank}, alpha={self.alpha}, scale={self.scale_mode}"
+
+
+def _is_linear(module: nn.Module) -> bool:
+    # nn.Linear and bitsandbytes Linear4bit/Linear8bitLt (subclasses of nn.Linear) qualify.
+    return isinstance(module, nn.Linear)
+
+
+def inject_nested_lora(model: nn.Module, target_modules: Sequence[str], r_max: int, alpha: float,
+                       dropout: float = 0.0, scale: str = "alpha/b", frozen_prefix: bool = False,
+                       exclude: Sequence[str] = ("lm_head",)) -> list[str]:
+    """Wrap every linear whose name ends with one of ``target_modules`` ("all-linear" = every
+    linear but ``exclude``); freeze everything else. Returns the wrapped module names."""
+    targets = list(target_modules) if not isinstance(target_modules, str) else [target_modules]
+    names = []
+    for name, module in list(model.named_modules()):
+        if not _is_linear(module) or any(name.split(".")[-1] == e for e in exclude):
+            continue
+        leaf = name.split(".")[-1]
+        if targets != ["all-linear"] and leaf not in targets:
+            continue
+        names.append(name)
+    if not names:
+        found = sorted({n.split(".")[-1] for n, m in model.named_modules() if _is_linear(m)})
+        raise ValueError(f"adapter.target_modules={targets} matched no linear layer; this model has: {found}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, leaf)
+        layer = NestedLoRALinear(base, r_max, alpha, dropout, scale, frozen_prefix)
+        device = next((p.device for p in base.parameters()), torch.device("cpu"))
+        setattr(parent, leaf, layer.to(device))
+    return names
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, NestedLoRALinear]]:
+    for name, module in model.named_modules():
+        if isinstance(module, NestedLoRALinear):
+            yield name, module
+
+
+def set_rank(model: nn.Module, b: int) -> None:
+    """Same rank in every layer (DyLoRA draws one b per step for the whole model)."""
+    for _, layer in lora_layers(model):
+        layer.set_rank(b)
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the trainable adapter weights (what a checkpoint needs; the base is rebuilt)."""
+    return {k: v for k, v in model.state_dict().items() if ".lora_A" in k or ".lora_B" in k}
+
+
+def _peft_key(layer_name: str) -> str:
+    # PEFT wraps the model as base_model.model.<...>; our wrapper's base sits in ``base_layer``.
+    return f"base_model.model.{layer_name}"
+
+
+def export_peft_adapter(model: nn.Module, rank: int, out_dir: str | Path,
+                        base_model_name_or_path: str | None = None) -> Path:
+    """Write rank ``rank`` as a plain PEFT LoRA adapter folder (adapter_config.json + safetensors).
+
+    PEFT scales by lora_alpha / r, so lora_alpha = s(b) * b reproduces any of our scale modes
+    exactly (it is just alpha for the paper's alpha/b).
+    """
+    from safetensors.torch import save_file
+
+    layers = list(lora_layers(model))
+    if not layers:
+        raise ValueError("the model has no nested LoRA layers to export")
+    first = layers[0][1]
+    if not 1 <= rank <= first.r_max:
+        raise ValueError(f"export rank {rank} outside 1..r_max={first.r_max}")
+    tensors, leaves, alphas = {}, set(), set()
+    for name, layer in layers:
+        a, bm = layer.lora_A[:rank], layer.lora_B[:, :rank]
+        tensors[f"{_peft_key(name)}.lora_A.weight"] = a.detach().float().contiguous().cpu()
+        tensors[f"{_peft_key(name)}.lora_B.weight"] = bm.detach().float().contiguous().cpu()
+        leaves.add(name.split(".")[-1])
+        alphas.add(layer.scale(rank) * rank)
+    if len(alphas) != 1:
+        raise ValueError("layers disagree on the adapter scale; cannot express as one LoraConfig")
+    dropout = next((m.p for _, l in layers for m in [l.dropout] if isinstance(m, nn.Dropout)), 0.0)
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alphas.pop(),
+        "lora_dropout": dropout, "target_modules": sorted(leaves), "bias": "none",
+        "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True,
+        "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+

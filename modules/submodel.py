@@ -1,0 +1,233 @@
+"""Nested sub-models: a spec, the space they live in, samplers that pick them per step.
+
+Five of the papers train many nested sub-models in one run (DyLoRA over adapter rank, SoFT over
+depth, SortedNet over depth/width/heads/MLP). A sub-model is a point in a grid of named axes,
+e.g. ``SubModel(rank=4)`` or ``SubModel(depth=6, width=96)``. Everything here is plain Python +
+torch: no Lightning, no Hydra.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+
+
+class SubModelError(ValueError):
+    """A sub-model or space that cannot exist (bad axis, value outside the space...)."""
+
+
+@dataclass(frozen=True)
+class SubModel:
+    """One nested sub-model: an immutable, ordered mapping axis -> value."""
+
+    dims: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, mapping: Mapping[str, int] | None = None, **dims: int) -> "SubModel":
+        merged = {**(mapping or {}), **dims}
+        return cls(tuple(sorted((str(k), int(v)) for k, v in merged.items())))
+
+    @classmethod
+    def parse(cls, key: str) -> "SubModel":
+        """Inverse of ``key``: ``"depth=4,width=96"`` -> SubModel(depth=4, width=96)."""
+        try:
+            return cls.of({k: int(v) for k, v in (part.split("=") for part in key.split(","))})
+        except ValueError as err:
+            raise SubModelError(f"cannot parse sub-model key {key!r}; expected 'axis=int,...'") from err
+
+    def __getitem__(self, axis: str) -> int:
+        for name, value in self.dims:
+            if name == axis:
+                return value
+        raise KeyError(axis)
+
+    def get(self, axis: str, default: int | None = None) -> int | None:
+        return dict(self.dims).get(axis, default)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.dims)
+
+    @property
+    def key(self) -> str:
+        """Stable text form used in metric names: ``val/acc@depth=4,width=96``."""
+        return ",".join(f"{k}={v}" for k, v in self.dims)
+
+    def __str__(self) -> str:  # pragma: no cover - convenience
+        return self.key
+
+
+def metric_key(name: str, sub: SubModel) -> str:
+    """``val/loss`` + SubModel(rank=4) -> ``val/loss@rank=4`` (plain name for a non-nested model)."""
+    return f"{name}@{sub.key}" if sub.dims else name
+
+
+def split_metric_key(key: str) -> tuple[str, SubModel]:
+    """Inverse of ``metric_key``."""
+    name, _, sub = key.partition("@")
+    return name, (SubModel.parse(sub) if sub else SubModel(()))
+
+
+class SubModelSpace:
+    """The product of named axes, each a sorted list of allowed values (nested: small ⊂ large)."""
+
+    def __init__(self, axes: Mapping[str, Iterable[int]]):
+        # No axes is allowed: a plain (non-nested) model has exactly one sub-model, itself.
+        self.axes: dict[str, list[int]] = {}
+        for name, values in axes.items():
+            vals = sorted({int(v) for v in values})
+            if not vals:
+                raise SubModelError(f"axis {name!r} has no values")
+            self.axes[name] = vals
+
+    def __repr__(self) -> str:
+        return f"SubModelSpace({self.axes})"
+
+    @property
+    def largest(self) -> SubModel:
+        return SubModel.of({k: v[-1] for k, v in self.axes.items()})
+
+    @property
+    def smallest(self) -> SubModel:
+        return SubModel.of({k: v[0] for k, v in self.axes.items()})
+
+    def grid(self) -> list[SubModel]:
+        names = list(self.axes)
+        return [SubModel.of(dict(zip(names, combo))) for combo in itertools.product(*self.axes.values())]
+
+    def __len__(self) -> int:
+        n = 1
+        for values in self.axes.values():
+            n *= len(values)
+        return n
+
+    def __contains__(self, sub: SubModel) -> bool:
+        d = sub.as_dict()
+        return set(d) == set(self.axes) and all(d[k] in self.axes[k] for k in d)
+
+    def random(self, generator: torch.Generator) -> SubModel:
+        """Uniform and independent per axis."""
+        return SubModel.of({k: v[int(torch.randint(len(v), (1,), generator=generator))]
+                            for k, v in self.axes.items()})
+
+    def check(self, sub: SubModel) -> SubModel:
+        if sub not in self:
+            raise SubModelError(f"sub-model {sub.key!r} is outside the space; valid values: {self.axes}")
+        return sub
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A generator that depends only on (seed, optimizer step).
+
+    Drawing from it gives the same sub-model on every process and for every micro-batch of a
+    gradient-accumulation step, with no communication between processes.
+    """
+    digest = hashlib.sha256(f"{seed}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+class Sampler:
+    """Picks the sub-models trained at one optimizer step: ``submodels(step) -> [SubModel, ...]``.
+
+    Every micro-batch of the step trains on all returned sub-models (their losses averaged).
+    """
+
+    def __init__(self, space: SubModelSpace, seed: int = 0):
+        self.space = space
+        self.seed = seed
+
+    def submodels(self, step: int) -> list[SubModel]:
+        raise NotImplementedError
+
+
+class FixedSampler(Sampler):
+    """Always the same sub-model: standard (non-nested) training when ``choice="largest"``."""
+
+    def __init__(self, space: SubModelSpace, seed: int = 0, choice: str | Mapping[str, int] = "largest"):
+        super().__init__(space, seed)
+        if isinstance(choice, str):
+            if choice not in ("largest", "smallest"):
+                raise SubModelError(f"fixed sampler choice={choice!r}; valid: largest, smallest, or a mapping")
+            self.sub = getattr(space, choice)
+        else:
+            self.sub = space.check(SubModel.of(dict(choice)))
+
+    def submodels(self, step: int) -> list[SubModel]:
+        return [self.sub]
+
+
+class UniformSampler(Sampler):
+    """``num_per_step`` independent uniform draws (per axis) each optimizer step (DyLoRA: 1)."""
+
+    def __init__(self, space: SubModelSpace, seed: int = 0, num_per_step: int = 1):
+        super().__init__(space, seed)
+        if num_per_step < 1:
+            raise SubModelError(f"num_per_step must be >= 1, got {num_per_step}")
+        self.num_per_step = num_per_step
+
+    def submodels(self, step: int) -> list[SubModel]:
+        gen = step_generator(self.seed, step)
+        return [self.space.random(gen) for _ in range(self.num_per_step)]
+
+
+class SandwichSampler(Sampler):
+    """Largest + smallest + ``num_random`` uniform draws each step (the sandwich rule)."""
+
+    def __init__(self, space: SubModelSpace, seed: int = 0, num_random: int = 1):
+        super().__init__(space, seed)
+        self.num_random = num_random
+
+    def submodels(self, step: int) -> list[SubModel]:
+        gen = step_generator(self.seed, step)
+        return [self.space.largest, self.space.smallest] + [self.space.random(gen) for _ in range(self.num_random)]
+
+
+class AllSampler(Sampler):
+    """Every sub-model of the space every step (SoFT's all exits, MatryoshkaLoRA's all ranks)."""
+
+    def submodels(self, step: int) -> list[SubModel]:
+        return self.space.grid()
+
+
+SAMPLERS = {"fixed": FixedSampler, "uniform": UniformSampler, "sandwich": SandwichSampler, "all": AllSampler}
+
+
+class NestedModel:
+    """Binds a space to the setters that switch a model to a sub-model, one setter per axis.
+
+    ``NestedModel({"rank": [1, 2, 4, 8]}, {"rank": lambda b: set_rank(model, b)})``. Axes from
+    different pieces compose: a depth axis (exit layer) and a rank axis (adapter) give the
+    depth x rank grid with no new code.
+    """
+
+    def __init__(self, axes: Mapping[str, Sequence[int]], setters: Mapping[str, Callable[[int], None]]):
+        missing = set(axes) - set(setters)
+        if missing:
+            raise SubModelError(f"no setter for axes {sorted(missing)}")
+        self.axes_values = {k: list(v) for k, v in axes.items()}
+        self.space = SubModelSpace(axes)
+        self.setters = dict(setters)
+
+    def apply(self, sub: SubModel) -> None:
+        for axis, value in sub.dims:
+            if axis not in self.setters:
+                raise SubModelError(f"unknown axis {axis!r}; this model has {sorted(self.setters)}")
+            self.setters[axis](value)
+
+
+def parse_grid(spec: Mapping[str, Sequence[int]] | Sequence[str] | None, space: SubModelSpace) -> list[SubModel]:
+    """Evaluation grid from config: ``None``/"all" -> whole space, a mapping axis -> values
+    (cartesian product; values may lie outside the training distribution but are checked by
+    the caller's own bounds), or a list of keys ``["rank=1", "rank=8"]``."""
+    if spec is None or spec == "all":
+        return space.grid()
+    if isinstance(spec, Mapping):
+        if not spec:
+            raise SubModelError("evaluation grid is empty")
+        return SubModelSpace(spec).grid()
+    subs = [SubModel.parse(s) for s in spec]
+    if not subs:
+        raise SubModelError("evaluation grid is empty")
+    return subs

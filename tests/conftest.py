@@ -1,0 +1,52 @@
+"""Offline, CPU-only test setup: nothing reaches a hub, W&B is off, caches live in a temp dir."""
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                  WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_llama_config(**overrides):
+    from transformers import LlamaConfig
+
+    kwargs = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+@pytest.fixture
+def tiny_llama():
+    """A fresh tiny random llama (fp32, eval mode) and its state dict for building twins."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config()).eval()
+    return model
+
+
+def write_addition_qa(path: Path, n: int = 80, seed: int = 0) -> Path:
+    """A tiny QA set in our record format: 'a+b=?' -> the sum (learnable in a few steps)."""
+    rng = random.Random(seed)
+    with path.open("w") as fh:
+        for _ in range(n):
+            a, b = rng.randint(0, 9), rng.randint(0, 9)
+            fh.write(json.dumps({"instruction": f"{a}+{b}=?", "input": "", "output": str(a + b),
+                                 "answers": [str(a + b)]}) + "\n")
+    return path
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    return write_addition_qa(tmp_path / "qa.jsonl")

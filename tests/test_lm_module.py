@@ -1,0 +1,109 @@
+"""The Lightning glue: one draw per optimizer step, shared by micro-batches and processes."""
+import json
+from functools import partial
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from data.instruct import IGNORE_INDEX, InstructionDataModule
+from modules.adapters import attach_adapter
+from modules.hf_model import byte_tokenizer
+from modules.lm_module import NestedCausalLM
+from modules.submodel import UniformSampler
+from tests.conftest import LORA_TARGETS, tiny_llama_config
+
+
+class RecordingModule(NestedCausalLM):
+    """Records (optimizer step, rank active in the layers) for every micro-batch."""
+
+    def __init__(self, *args, out_dir=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen, self.out_dir = [], out_dir
+
+    def forward_loss(self, batch, sub):
+        loss = super().forward_loss(batch, sub)
+        if self.training:
+            ranks = {layer.rank for layer in self.model.modules() if hasattr(layer, "lora_A")}
+            self.seen.append((self.global_step, ranks.pop()) if len(ranks) == 1 else None)
+        return loss
+
+    def on_train_end(self):
+        if self.out_dir:
+            (self.out_dir / f"ranks{self.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+def _module(out_dir=None, seed=0):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config())
+    nested = attach_adapter(model, "nested_lora", r_max=8, r_min=1, alpha=16, target_modules=LORA_TARGETS)
+    return RecordingModule(model, byte_tokenizer(), nested, UniformSampler(nested.space, seed=seed),
+                           optimizer=partial(torch.optim.AdamW, lr=1e-3), generate=False, out_dir=out_dir)
+
+
+def _data(qa_file, batch_size=2):
+    return InstructionDataModule(source=str(qa_file), tokenizer=byte_tokenizer(), batch_size=batch_size,
+                                 limit_val=4, limit_test=4)
+
+
+def test_prompt_tokens_are_masked_out_of_the_loss(qa_file):
+    dm = _data(qa_file)
+    dm.setup()
+    record = dm.records["train"][0]
+    batch = dm.collate([record], with_generation=True)
+    prompt_len = len(dm.encode(record)["prompt"])
+    assert torch.all(batch["labels"][0, :prompt_len] == IGNORE_INDEX)
+    answer = batch["labels"][0, prompt_len:]
+    answer = answer[answer != IGNORE_INDEX]
+    assert dm.tokenizer.decode(answer, skip_special_tokens=True) == record["output"]
+    assert answer[-1] == dm.tokenizer.eos_token_id
+    # generation prompt is the same prompt, left-padded so it ends where the answer starts
+    gen = batch["gen_input_ids"][0][batch["gen_attention_mask"][0].bool()]
+    assert gen.tolist() == batch["input_ids"][0, :prompt_len].tolist()
+
+
+def test_one_rank_per_optimizer_step_with_gradient_accumulation(qa_file, tmp_path):
+    module = _module()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=6, accumulate_grad_batches=3, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=_data(qa_file))
+    seen = module.seen
+    assert len(seen) == 18 and None not in seen
+    by_step = {}
+    for step, rank in seen:
+        by_step.setdefault(step, set()).add(rank)
+    assert sorted(by_step) == list(range(6))
+    assert all(len(ranks) == 1 for ranks in by_step.values())  # all 3 micro-batches share the draw
+    sampler = module.sampler
+    assert [by_step[s].pop() for s in range(6)] == [sampler.submodels(s)[0]["rank"] for s in range(6)]
+
+
+def test_same_rank_on_two_ddp_spawn_processes(qa_file, tmp_path):
+    torch.multiprocessing.set_sharing_strategy("file_system")  # see OFFLINE.md: fd sharing fails here
+    module = _module(out_dir=tmp_path)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=5, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=_data(qa_file))
+    rank0 = json.loads((tmp_path / "ranks0.json").read_text())
+    rank1 = json.loads((tmp_path / "ranks1.json").read_text())
+    assert len(rank0) == 5 and rank0 == rank1
+    assert len({r for _, r in rank0}) > 1  # the rank really changes between steps
+
+
+def test_checkpoint_holds_only_trainable_weights(qa_file, tmp_path):
+    module = _module()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=_data(qa_file))
+    path = tmp_path / "adapter.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=False)["state_dict"]
+    assert state and all(".lora_" in k for k in state)
+    twin = _module()
+    twin.load_state_dict(state, strict=False)
+    for k, v in state.items():
+        torch.testing.assert_close(twin.state_dict()[k], v)
