@@ -38,7 +38,7 @@ def default_metrics(jobs: list[dict[str, Any]]) -> list[str]:
 
 def aggregate(jobs: list[dict[str, Any]], metrics: Sequence[str] | None = None,
               group_by: Sequence[str] | None = None) -> tuple[list[str], list[list[Any]]]:
-    """(header, rows): one row per setting of ``group_by`` (default: every override but the seed),
+    """(header, rows): one row per setting of ``group_by`` (default: the swept overrides but the seed),
     each metric as mean ± std over the jobs of that setting (the seeds)."""
     from experiments.config import ConfigError
 
@@ -50,7 +50,7 @@ def aggregate(jobs: list[dict[str, Any]], metrics: Sequence[str] | None = None,
     if unknown:
         raise ConfigError(f"report.metrics: {unknown[0]!r} was not logged by any run; logged metrics: "
                           f"{', '.join(sorted(logged))}")
-    keys = list(group_by) if group_by else sorted({k for j in jobs for k in j["overrides"] if k not in SEED_KEYS})
+    keys = list(group_by) if group_by else varying_overrides(jobs)
     groups: dict[tuple, list[dict]] = {}
     for job in jobs:
         groups.setdefault(tuple(job["overrides"].get(k, "") for k in keys), []).append(job)
@@ -63,6 +63,12 @@ def aggregate(jobs: list[dict[str, Any]], metrics: Sequence[str] | None = None,
             cells.append(mean_std(values))
         rows.append([*setting, len(members), *cells])
     return header, rows
+
+
+def varying_overrides(jobs: list[dict[str, Any]]) -> list[str]:
+    """Override keys whose value differs between jobs (what the sweep swept), seeds excluded."""
+    keys = sorted({k for j in jobs for k in j["overrides"] if k not in SEED_KEYS})
+    return [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:

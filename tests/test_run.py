@@ -1,0 +1,117 @@
+"""run.py as a user runs it: subprocesses, tiny random model, offline."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, write_addition_qa
+
+TINY = ["model=tiny_llama", "quantization=none", "trainer.max_steps=4", "data.limit_val=8",
+        "data.limit_test=8", "data.batch_size=4", "eval.max_new_tokens=3", "adapter.r_max=4",
+        "adapter.eval_ranks=[1,2,4]"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return write_addition_qa(tmp_path_factory.mktemp("data") / "qa.jsonl", n=100)
+
+
+def run(args, env, cwd=ROOT, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, env, data_file):
+    run_dir = tmp_path_factory.mktemp("run")
+    proc = run([*TINY, f"data.source={data_file}", f"hydra.run.dir={run_dir}"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def test_train_writes_a_self_describing_run_folder(trained):
+    run_dir, proc = trained
+    results = json.loads((run_dir / "results.json").read_text())
+    for b in (1, 2, 4):
+        for name in ("val/loss", "test/loss", "test/ppl", "test/em"):
+            assert f"{name}@rank={b}" in results
+    assert results["best/submodel"] in {"rank=1", "rank=2", "rank=4"}
+    assert results["best/test/em"] == max(results[f"test/em@rank={b}"] for b in (1, 2, 4))
+    assert "auc/test/em" in results
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["seed"] == 42 and "commit" in info["git"] and info["packages"]["torch"]
+    assert "model=tiny_llama" in info["overrides"]
+    for f in (".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.ckpt", "results.md",
+              "results.csv", "results.png", "csv/metrics.csv", "exports/rank_4/adapter_config.json"):
+        assert (run_dir / f).exists(), f
+    assert "| rank=4 |" in proc.stdout  # the per-rank table is printed
+
+
+def test_eval_task_reproduces_the_test_metrics_from_the_checkpoint(trained, env, data_file, tmp_path):
+    run_dir, _ = trained
+    proc = run([*TINY, f"data.source={data_file}", "task=eval",
+                f"eval.ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = json.loads((run_dir / "results.json").read_text())
+    after = json.loads((tmp_path / "results.json").read_text())
+    for b in (1, 2, 4):
+        assert after[f"test/loss@rank={b}"] == pytest.approx(before[f"test/loss@rank={b}"], abs=1e-5)
+        assert after[f"test/em@rank={b}"] == before[f"test/em@rank={b}"]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_multirun_two_ranks_two_seeds_gives_the_aggregated_table(launcher, env, data_file, tmp_path):
+    args = ["-m", *[a for a in TINY if not a.startswith(("adapter.r_max", "adapter.eval_ranks"))],
+            f"data.source={data_file}", "adapter.r_max=2,4", "adapter.eval_ranks=[1,2]", "seed=1,2",
+            f"hydra.sweep.dir={tmp_path}", "trainer.max_steps=2"]
+    if launcher == "joblib":
+        args.append("hydra/launcher=joblib")
+    proc = run(args, env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list(tmp_path.glob("*/results.json"))) == 4
+    table = (tmp_path / "report.md").read_text().splitlines()
+    assert table[0].startswith("| adapter.r_max | n |") and len(table) == 4  # header, rule, 2 rows
+    assert all(" 2 |" in row for row in table[2:])  # two seeds pooled per row
+    assert "±" in table[2]
+    csv = (tmp_path / "report.csv").read_text().splitlines()
+    assert "test/em@rank=1 mean" in csv[0] and len(csv) == 3
+    # the report task rebuilds the same table on demand
+    again = run(["task=report", f"report.sweep_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'report_run'}"], env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "report.md").read_text().splitlines() == table
+
+
+@pytest.mark.parametrize("override, key, hint", [
+    ("adapter=dora", "adapter", "dylora, lora, none"),
+    ("adapter.r_max=0", "adapter.r_max", ">= 1"),
+    ("adapter.eval_ranks=[1,16]", "adapter.eval_ranks[1]", "between 1 and 4"),
+    ("model.name_or_path=/no/such/model", "model.name_or_path", "offline alias"),
+    ("adapter.r_max=abc", "adapter.r_max", "must be an integer"),
+    ("task=fly", "task", "train, eval, report"),
+])
+def test_bad_input_is_one_clear_line_and_loses_nothing(override, key, hint, trained, env, data_file):
+    run_dir, _ = trained
+    before = {p: p.read_bytes() for p in [run_dir / "results.json", run_dir / "checkpoints" / "last.ckpt"]}
+    proc = run([*TINY, f"data.source={data_file}", override, f"hydra.run.dir={run_dir}"], env)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and key in last and hint in last, last
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_help_is_fast(env):
+    import time
+
+    start = time.perf_counter()
+    proc = run(["--help"], env)
+    assert proc.returncode == 0 and "adapter: dylora, lora, none" in proc.stdout
+    assert time.perf_counter() - start < 10  # generous for a loaded CI machine; goal is < 3 s
