@@ -7,7 +7,6 @@ answers, for greedy generation and exact match.
 """
 from __future__ import annotations
 
-import json
 import random
 from functools import partial
 from pathlib import Path
@@ -20,12 +19,13 @@ from torch.utils.data import DataLoader
 IGNORE_INDEX = -100  # label value that the HF loss ignores
 
 
-def load_split(source: str, split: str, fmt: str | None = None, seed: int = 0) -> list[dict]:
+def load_split(source: str, split: str, fmt: str | None = None, seed: int = 0,
+               options: dict | None = None) -> list[dict]:
     """Records of one split from ``stdlib_qa``, a registry name, or a local file/folder."""
     if source == "stdlib_qa":
         from data.stdlib_qa import build_stdlib_qa
 
-        return build_stdlib_qa(seed=seed)[split]
+        return build_stdlib_qa(seed=seed, **(options or {}))[split]
     if Path(source).exists() and fmt is None:
         return read_local_records(Path(source), split)
     from data.instruct_sources import load_records
@@ -36,14 +36,12 @@ def load_split(source: str, split: str, fmt: str | None = None, seed: int = 0) -
 def read_local_records(path: Path, split: str) -> list[dict]:
     """Our own record format as JSON lines: a folder of ``<split>.jsonl`` files, or one file
     split deterministically 80/10/10 (train/validation/test) by line number."""
+    from data.stdlib_qa import load_jsonl_records
+
     if path.is_dir():
-        path = path / f"{split}.jsonl"
-        if not path.exists():
-            raise FileNotFoundError(f"data folder has no {path.name}; expected train/validation/test.jsonl")
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return load_jsonl_records(path / f"{split}.jsonl")
     bucket = {"train": range(0, 8), "validation": range(8, 9), "test": range(9, 10)}[split]
-    return [r for i, r in enumerate(rows) if i % 10 in bucket]
+    return [r for i, r in enumerate(load_jsonl_records(path)) if i % 10 in bucket]
 
 
 def format_prompt(template: str, record: dict) -> str:
@@ -57,7 +55,7 @@ class InstructionDataModule(pl.LightningDataModule):
                  max_length: int = 128, batch_size: int = 8, eval_batch_size: int = 16,
                  limit_train: int | None = None, limit_val: int | None = None, limit_test: int | None = None,
                  num_workers: int = 0, seed: int = 0, tokenizer: Any = None,
-                 splits: dict[str, str] | None = None):
+                 splits: dict[str, str] | None = None, source_options: dict | None = None):
         super().__init__()
         self.source, self.fmt, self.template = source, format, prompt_template
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
@@ -65,6 +63,7 @@ class InstructionDataModule(pl.LightningDataModule):
         self.num_workers, self.seed, self.tokenizer = num_workers, seed, tokenizer
         # Our split name -> the source's (e.g. a dataset with no validation split reuses test).
         self.split_names = {"train": "train", "validation": "validation", "test": "test", **(splits or {})}
+        self.source_options = dict(source_options or {})  # extra arguments of the source's builder
         self.records: dict[str, list[dict]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -73,7 +72,7 @@ class InstructionDataModule(pl.LightningDataModule):
         for split, source_split in self.split_names.items():
             if split in self.records:
                 continue
-            rows = load_split(self.source, source_split, self.fmt, self.seed)
+            rows = load_split(self.source, source_split, self.fmt, self.seed, self.source_options)
             if split == "train":
                 rows = list(rows)
                 random.Random(self.seed).shuffle(rows)

@@ -1,14 +1,20 @@
-"""Tasks that run.py dispatches: train, eval, report. Each validates its config first."""
+"""Tasks that run.py dispatches: train, eval, report. Each validates its config first.
+
+The training paradigm (``paradigm: lm | vision``) supplies validate/build/after_eval; fitting,
+grid evaluation and the results files are the same for every paper.
+"""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.config import ConfigError, get, instantiate, int_list, require_choice, require_int, require_number
+from experiments.config import ConfigError, get, instantiate, require_choice, require_int
 
 TASKS = ("train", "eval", "report")
+PARADIGMS = {"lm": "experiments.lm", "vision": "experiments.vision"}
 
 
 def run_task(cfg: DictConfig) -> Any:
@@ -17,130 +23,51 @@ def run_task(cfg: DictConfig) -> Any:
         from experiments.report import report_task
 
         return report_task(cfg)
-    validate_lm(cfg)
-    if task == "train":
-        return train(cfg)
-    return evaluate(cfg)
-
-
-# --- validation: cheap, before anything is loaded or written ------------------------------
-def validate_lm(cfg: DictConfig) -> None:
+    paradigm = importlib.import_module(PARADIGMS[require_choice(cfg, "paradigm", tuple(PARADIGMS))])
     require_int(cfg, "seed")
-    kind = require_choice(cfg, "adapter.kind", ("none", "nested_lora"))
-    if kind == "nested_lora":
-        r_max = require_int(cfg, "adapter.r_max", minimum=1)
-        require_int(cfg, "adapter.r_min", minimum=1, maximum=r_max)
-        require_number(cfg, "adapter.alpha", minimum=0)
-        require_number(cfg, "adapter.dropout", minimum=0)
-        require_choice(cfg, "adapter.scale", ("alpha/b", "alpha/r_max", "alpha/sqrt(b)"))
-        int_list(cfg, "adapter.eval_ranks", 1, r_max)
-    elif get(cfg, "quantization.enabled"):
-        raise ConfigError("adapter=none (full fine-tuning) cannot train a quantized base; "
-                          "use quantization=none or an adapter (lora, dylora)")
-    for key in ("trainer.max_steps",):
-        require_int(cfg, key, minimum=-1)
-    for key in ("data.batch_size", "data.eval_batch_size", "data.max_length", "eval.max_new_tokens"):
-        require_int(cfg, key, minimum=1)
-    check_model_path(str(get(cfg, "model.name_or_path")))
+    require_int(cfg, "trainer.max_steps", minimum=-1)
+    paradigm.validate(cfg)  # before anything is loaded or written
+    if get(cfg, "threads"):
+        import torch
 
-
-def check_model_path(name_or_path: str) -> None:
-    """A local-looking path must exist; aliases and hub ids are checked when loaded."""
-    from modules.hf_model import RANDOM_PREFIX
-
-    looks_local = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
-    if not name_or_path.startswith(RANDOM_PREFIX) and looks_local and not Path(name_or_path).expanduser().exists():
-        raise ConfigError(f"model.name_or_path={name_or_path!r}: no such folder; give an existing local folder, "
-                          f"an HF hub id (org/name) or an offline alias ({', '.join(offline_aliases())})")
-
-
-def offline_aliases() -> list[str]:
-    from modules.offline import OFFLINE_MODELS
-
-    return sorted(OFFLINE_MODELS)
-
-
-# --- building the pieces from config ------------------------------------------------------
-def build_lm(cfg: DictConfig):
-    """(model, tokenizer, nested) from the model/quantization/adapter groups."""
-    from modules.adapters import attach_adapter
-    from modules.hf_model import load_causal_lm
-    from modules.offline import OfflineModelError
-
-    quant = instantiate(cfg.quantization.config) if get(cfg, "quantization.enabled") else None
-    m = cfg.model
-    try:
-        model, tokenizer = load_causal_lm(
-            m.name_or_path, m.dtype, quant, m.gradient_checkpointing, m.get("attn_implementation"),
-            OmegaConf.to_container(m.random_config) if m.get("random_config") else None)
-    except OfflineModelError as err:
-        raise ConfigError(str(err)) from None
-    except OSError as err:  # not on the hub / not cached offline / not a model folder
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"model.name_or_path={m.name_or_path!r} could not be loaded: {first}") from None
-    options = {k: v for k, v in OmegaConf.to_container(cfg.adapter, resolve=True).items()
-               if k not in ("kind", "eval_ranks")}
-    nested = attach_adapter(model, cfg.adapter.kind, **options)
-    return model, tokenizer, nested
-
-
-def eval_grid(cfg: DictConfig, nested) -> list:
-    from modules.submodel import SubModel
-
-    ranks = int_list(cfg, "adapter.eval_ranks", 1, get(cfg, "adapter.r_max", 1))
-    if ranks is None or "rank" not in nested.space.axes:
-        return nested.space.grid()
-    return [SubModel.of(rank=r) for r in ranks]
-
-
-def build_module(cfg: DictConfig, model, tokenizer, nested):
-    from experiments.metrics import exact_match, first_answer_line
-    from modules.lm_module import NestedCausalLM
-
-    sampler = instantiate(cfg.sampling)(space=nested.space, seed=cfg.seed)
-    return NestedCausalLM(model, tokenizer, nested, sampler, optimizer=instantiate(cfg.optimizer),
-                          scheduler=OmegaConf.to_container(cfg.scheduler), eval_grid=eval_grid(cfg, nested),
-                          generate=cfg.eval.generate, max_new_tokens=cfg.eval.max_new_tokens,
-                          answer_fn=first_answer_line, score_fn=exact_match)
-
-
-def build_datamodule(cfg: DictConfig, tokenizer):
-    return instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed)
+        torch.set_num_threads(require_int(cfg, "threads", minimum=1))
+    return train(cfg, paradigm) if task == "train" else evaluate(cfg, paradigm)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, with_callbacks: bool = True):
     from experiments.loggers import build_loggers
 
+    if get(cfg, "trainer.strategy") == "ddp_spawn" and get(cfg, "trainer.accelerator") == "cpu":
+        import torch
+
+        torch.multiprocessing.set_sharing_strategy("file_system")  # fd sharing fails on some hosts
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if with_callbacks else []
     return instantiate(cfg.trainer, logger=build_loggers(cfg) or False, callbacks=callbacks,
                        default_root_dir=str(run_dir))
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
+def run_dir_of() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-# --- tasks ------------------------------------------------------------------------------
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig, paradigm) -> float | None:
     import lightning.pytorch as pl
 
     from experiments.results import write_run_info
 
-    run_dir = run_dir_of(cfg)
+    run_dir = run_dir_of()
     pl.seed_everything(cfg.seed, workers=True)
-    model, tokenizer, nested = build_lm(cfg)
-    module = build_module(cfg, model, tokenizer, nested)
-    datamodule = build_datamodule(cfg, tokenizer)
+    module, datamodule = paradigm.build(cfg)
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:
         write_run_info(run_dir, cfg.seed, _overrides())
     trainer.fit(module, datamodule=datamodule)
-    return finish(cfg, trainer, module, datamodule, run_dir)
+    return finish(cfg, paradigm, trainer, module, datamodule, run_dir)
 
 
-def evaluate(cfg: DictConfig) -> float | None:
+def evaluate(cfg: DictConfig, paradigm) -> float | None:
     """Score every sub-model of a trained checkpoint (from task=train) on the test split."""
     import lightning.pytorch as pl
     import torch
@@ -148,27 +75,25 @@ def evaluate(cfg: DictConfig) -> float | None:
     ckpt = get(cfg, "eval.ckpt_path")
     if not ckpt or not Path(ckpt).is_file():
         raise ConfigError(f"eval.ckpt_path={ckpt!r}: no such checkpoint file; give a last.ckpt written by task=train")
-    run_dir = run_dir_of(cfg)
+    run_dir = run_dir_of()
     pl.seed_everything(cfg.seed, workers=True)
-    model, tokenizer, nested = build_lm(cfg)
-    module = build_module(cfg, model, tokenizer, nested)
+    module, datamodule = paradigm.build(cfg)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     missing = [k for k, p in module.named_parameters() if p.requires_grad and k not in state]
     if missing:
-        raise ConfigError(f"eval.ckpt_path={ckpt!r} does not match this config's adapter "
+        raise ConfigError(f"eval.ckpt_path={ckpt!r} does not match this config "
                           f"({len(missing)} trainable weights missing, e.g. {missing[0]})")
     module.load_state_dict(state, strict=False)
-    datamodule = build_datamodule(cfg, tokenizer)
-    trainer = build_trainer(cfg, run_dir, with_callbacks=False)
-    return finish(cfg, trainer, module, datamodule, run_dir)
+    return finish(cfg, paradigm, build_trainer(cfg, run_dir, with_callbacks=False), module, datamodule, run_dir)
 
 
-def finish(cfg: DictConfig, trainer, module, datamodule, run_dir: Path) -> float | None:
-    """Grid-evaluate, write results.json + table + plot, export the chosen sub-models."""
+def finish(cfg: DictConfig, paradigm, trainer, module, datamodule, run_dir: Path) -> float | None:
+    """Grid-evaluate the final weights, write results.json + table + plot, run the paradigm's exports."""
+    from experiments.loggers import finish_wandb
     from experiments.results import (markdown_table, plot_submodel_curve, submodel_table, summarize,
                                      write_csv, write_json)
 
-    trainer.validate(module, datamodule=datamodule, verbose=False)  # the final weights, whole grid
+    trainer.validate(module, datamodule=datamodule, verbose=False)
     val = dict(trainer.callback_metrics)
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in {**val, **trainer.callback_metrics}.items()}
@@ -180,44 +105,17 @@ def finish(cfg: DictConfig, trainer, module, datamodule, run_dir: Path) -> float
     table = markdown_table(header, rows)
     (run_dir / "results.md").write_text(table + "\n")
     write_csv(run_dir / "results.csv", header, rows)
-    plot_submodel_curve(metrics, [n for n in ("test/em", "test/loss", "test/ppl") if any(k.startswith(n) for k in metrics)],
+    plot_submodel_curve(metrics, [n for n in paradigm.PLOT_METRICS if any(k.startswith(n) for k in metrics)],
                         run_dir / "results.png")
-    exported = export_submodels(cfg, module, metrics, run_dir)
+    exported = paradigm.after_eval(cfg, module, metrics, run_dir)
+    write_json(run_dir / "results.json", metrics)  # after_eval may add keys (e.g. costs per sub-model)
     print(f"\nResults per sub-model ({run_dir}):\n{table}")
     if "best/submodel" in metrics:
-        print(f"best: {metrics['best/submodel']}  {cfg.eval.metric}={metrics.get('best/' + cfg.eval.metric):.4f}")
+        print(f"best: {metrics['best/submodel']}  {cfg.eval.metric}={metrics['best/' + cfg.eval.metric]:.4f}")
     for path in exported:
-        print(f"exported PEFT adapter: {path}")
-    from experiments.loggers import finish_wandb
-
+        print(f"exported: {path}")
     finish_wandb(trainer, metrics)
     return metrics.get(f"best/{cfg.eval.metric}")
-
-
-def export_submodels(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
-    from modules.adapters.nested_lora import export_peft_adapter, lora_layers
-    from modules.submodel import SubModel
-
-    if get(cfg, "adapter.kind") != "nested_lora" or not list(lora_layers(module.model)):
-        return []
-    grid = {s.key: s for s in module.eval_grid}
-    wanted = []
-    for choice in get(cfg, "export.submodels") or []:
-        if choice == "best":
-            key = metrics.get("best/submodel")
-        elif choice in ("largest", "smallest"):
-            key = getattr(module.nested.space, choice).key
-        else:
-            key = SubModel.parse(str(choice)).key
-        if key and key not in wanted:
-            wanted.append(key)
-    out = []
-    for key in wanted:
-        sub = grid.get(key) or SubModel.parse(key)
-        rank = sub["rank"]
-        out.append(export_peft_adapter(module.model, rank, run_dir / cfg.export.dir / key.replace("=", "_"),
-                                       base_model_name_or_path=str(cfg.model.name_or_path)))
-    return out
 
 
 def _overrides() -> list[str]:

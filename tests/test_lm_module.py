@@ -21,8 +21,8 @@ class RecordingModule(NestedCausalLM):
         super().__init__(*args, **kwargs)
         self.seen, self.out_dir = [], out_dir
 
-    def forward_loss(self, batch, sub):
-        loss = super().forward_loss(batch, sub)
+    def loss(self, batch):
+        loss = super().loss(batch)
         if self.training:
             ranks = {layer.rank for layer in self.model.modules() if hasattr(layer, "lora_A")}
             self.seen.append((self.global_step, ranks.pop()) if len(ranks) == 1 else None)
