@@ -14,22 +14,54 @@ from experiments.config import ConfigError, get, instantiate, int_list, require_
 PLOT_METRICS = ("test/em", "test/loss", "test/ppl")
 
 
+ADAPTER_KINDS = ("none", "nested_lora", "peft_lora")
+ANSWER_FORMATS = ("first_line", "gsm8k")
+ANSWER_FNS = {"first_line": "first_answer_line", "gsm8k": "extract_gsm8k_answer"}  # in experiments.metrics
+
+
 # --- validation: cheap, before anything is loaded or written ------------------------------
 def validate(cfg: DictConfig) -> None:
-    kind = require_choice(cfg, "adapter.kind", ("none", "nested_lora"))
-    if kind == "nested_lora":
+    kind = require_choice(cfg, "adapter.kind", ADAPTER_KINDS)
+    if kind != "none":
         r_max = require_int(cfg, "adapter.r_max", minimum=1)
-        require_int(cfg, "adapter.r_min", minimum=1, maximum=r_max)
         require_number(cfg, "adapter.alpha", minimum=0)
         require_number(cfg, "adapter.dropout", minimum=0)
+        eval_ranks(cfg)
+    if kind == "nested_lora":
+        require_int(cfg, "adapter.r_min", minimum=1, maximum=r_max)
         require_choice(cfg, "adapter.scale", ("alpha/b", "alpha/r_max", "alpha/sqrt(b)"))
-        int_list(cfg, "adapter.eval_ranks", 1, r_max)
-    elif get(cfg, "quantization.enabled"):
+    if get(cfg, "export.merge") and get(cfg, "quantization.enabled"):
+        dynamic = kind == "nested_lora" and get(cfg, "adapter.r_min") != get(cfg, "adapter.r_max")
+        raise ConfigError("export.merge=true on a 4-bit base" + (" while ranks are dynamic" if dynamic else "") +
+                          ": merging would fix one rank into quantized weights; export adapters only "
+                          "(export.merge=false) or train with quantization=none")
+    if kind == "none" and get(cfg, "quantization.enabled"):
         raise ConfigError("adapter=none (full fine-tuning) cannot train a quantized base; "
                           "use quantization=none or an adapter (lora, dylora)")
     for key in ("data.batch_size", "data.eval_batch_size", "data.max_length", "eval.max_new_tokens"):
         require_int(cfg, key, minimum=1)
+    require_choice(cfg, "eval.answer_format", ANSWER_FORMATS)
+    for choice in get(cfg, "export.submodels") or []:
+        if choice not in ("best", "largest", "smallest") and not str(choice).startswith("rank="):
+            raise ConfigError(f"export.submodels: {choice!r} is not one of best, largest, smallest, rank=<int>")
     check_model_path(str(get(cfg, "model.name_or_path")))
+
+
+def eval_ranks(cfg: DictConfig) -> list[int] | None:
+    """``adapter.eval_ranks``: a list, ``pow2`` (1, 2, 4, ... r_max), ``all`` (1..r_max) or null
+    (the trained ranks r_min..r_max). PEFT's fixed-rank LoRA can only be evaluated at its rank."""
+    r_max = require_int(cfg, "adapter.r_max", minimum=1)
+    spec = get(cfg, "adapter.eval_ranks")
+    if spec == "pow2":
+        ranks = sorted({2 ** i for i in range(r_max.bit_length()) if 2 ** i <= r_max} | {r_max})
+    elif spec == "all":
+        ranks = list(range(1, r_max + 1))
+    else:
+        ranks = int_list(cfg, "adapter.eval_ranks", 1, r_max)
+    if get(cfg, "adapter.kind") == "peft_lora" and ranks not in (None, [r_max]):
+        raise ConfigError(f"adapter.eval_ranks={ranks}: PEFT's LoRA has one rank; use null or [{r_max}] "
+                          "(or adapter=dylora / adapter=lora_svd for many ranks)")
+    return ranks
 
 
 def check_model_path(name_or_path: str) -> None:
@@ -67,7 +99,7 @@ def build_lm(cfg: DictConfig):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model.name_or_path={m.name_or_path!r} could not be loaded: {first}") from None
     options = {k: v for k, v in OmegaConf.to_container(cfg.adapter, resolve=True).items()
-               if k not in ("kind", "eval_ranks")}
+               if k not in ("kind", "eval_ranks", "post_hoc_svd")}
     nested = attach_adapter(model, cfg.adapter.kind, **options)
     return model, tokenizer, nested
 
@@ -75,21 +107,22 @@ def build_lm(cfg: DictConfig):
 def eval_grid(cfg: DictConfig, nested) -> list:
     from modules.submodel import SubModel
 
-    ranks = int_list(cfg, "adapter.eval_ranks", 1, get(cfg, "adapter.r_max", 1))
-    if ranks is None or "rank" not in nested.space.axes:
+    ranks = eval_ranks(cfg) if get(cfg, "adapter.kind") != "none" else None
+    if ranks is None:
         return nested.space.grid()
     return [SubModel.of(rank=r) for r in ranks]
 
 
 def build_module(cfg: DictConfig, model, tokenizer, nested):
-    from experiments.metrics import exact_match, first_answer_line
+    from experiments import metrics
     from modules.lm_module import NestedCausalLM
 
     sampler = instantiate(cfg.sampling)(space=nested.space, seed=cfg.seed)
     return NestedCausalLM(model, tokenizer, nested, sampler, optimizer=instantiate(cfg.optimizer),
                           scheduler=OmegaConf.to_container(cfg.scheduler), eval_grid=eval_grid(cfg, nested),
                           generate=cfg.eval.generate, max_new_tokens=cfg.eval.max_new_tokens,
-                          answer_fn=first_answer_line, score_fn=exact_match)
+                          answer_fn=getattr(metrics, ANSWER_FNS[cfg.eval.answer_format]),
+                          score_fn=metrics.exact_match)
 
 
 def build(cfg: DictConfig):
@@ -97,27 +130,48 @@ def build(cfg: DictConfig):
     return build_module(cfg, model, tokenizer, nested), instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed)
 
 
+def before_eval(cfg: DictConfig, module) -> None:
+    """The post-hoc SVD baseline: after training a fixed-rank LoRA, re-factor every layer so that
+    rank b is the best rank-b approximation of the learned update (then every rank is evaluable)."""
+    if get(cfg, "adapter.post_hoc_svd"):
+        from modules.adapters.svd_truncate import svd_truncate_
+
+        svd_truncate_(module.model)
+
+
 def after_eval(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
-    from modules.adapters.nested_lora import export_peft_adapter, lora_layers
+    """Export the chosen ranks as PEFT adapters (and, with export.merge, as merged HF models)."""
+    from modules.adapters.nested_lora import export_peft_adapter, lora_layers, merged_state_dict
+
+    if not list(lora_layers(module.model)):
+        return []
+    out = []
+    for rank in export_ranks(cfg, module, metrics):
+        folder = run_dir / cfg.export.dir / f"rank_{rank}"
+        out.append(export_peft_adapter(module.model, rank, folder, base_model_name_or_path=str(cfg.model.name_or_path)))
+        if get(cfg, "export.merge"):
+            module.model.save_pretrained(folder / "merged", state_dict=merged_state_dict(module.model, rank))
+            module.tokenizer.save_pretrained(folder / "merged")
+            out.append(folder / "merged")
+    return out
+
+
+def export_ranks(cfg: DictConfig, module, metrics: dict) -> list[int]:
+    """``export.submodels``: best, largest, smallest, or keys such as rank=4 -> distinct ranks."""
     from modules.submodel import SubModel
 
-    if get(cfg, "adapter.kind") != "nested_lora" or not list(lora_layers(module.model)):
-        return []
-    grid = {s.key: s for s in module.eval_grid}
-    wanted = []
+    ranks: list[int] = []
     for choice in get(cfg, "export.submodels") or []:
         if choice == "best":
             key = metrics.get("best/submodel")
         elif choice in ("largest", "smallest"):
             key = getattr(module.nested.space, choice).key
         else:
-            key = SubModel.parse(str(choice)).key
-        if key and key not in wanted:
-            wanted.append(key)
-    out = []
-    for key in wanted:
-        sub = grid.get(key) or SubModel.parse(key)
-        rank = sub["rank"]
-        out.append(export_peft_adapter(module.model, rank, run_dir / cfg.export.dir / key.replace("=", "_"),
-                                       base_model_name_or_path=str(cfg.model.name_or_path)))
-    return out
+            key = str(choice)
+        try:
+            rank = SubModel.parse(key)["rank"] if key else None
+        except (KeyError, ValueError):
+            raise ConfigError(f"export.submodels: {choice!r} is not best, largest, smallest or rank=<int>") from None
+        if rank is not None and rank not in ranks:
+            ranks.append(rank)
+    return ranks

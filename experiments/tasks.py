@@ -13,16 +13,18 @@ from omegaconf import DictConfig
 
 from experiments.config import ConfigError, get, instantiate, require_choice, require_int
 
-TASKS = ("train", "eval", "report")
+TASKS = ("train", "eval", "report", "estimate", "benchmark")
+# Tasks that need no training paradigm: module path and function.
+STANDALONE = {"report": ("experiments.report", "report_task"), "estimate": ("experiments.memory", "estimate_task"),
+              "benchmark": ("experiments.benchmark", "benchmark_task")}
 PARADIGMS = {"lm": "experiments.lm", "vision": "experiments.vision"}
 
 
 def run_task(cfg: DictConfig) -> Any:
     task = require_choice(cfg, "task", TASKS)
-    if task == "report":
-        from experiments.report import report_task
-
-        return report_task(cfg)
+    if task in STANDALONE:
+        module, function = STANDALONE[task]
+        return getattr(importlib.import_module(module), function)(cfg)
     paradigm = importlib.import_module(PARADIGMS[require_choice(cfg, "paradigm", tuple(PARADIGMS))])
     require_int(cfg, "seed")
     require_int(cfg, "trainer.max_steps", minimum=-1)
@@ -93,6 +95,8 @@ def finish(cfg: DictConfig, paradigm, trainer, module, datamodule, run_dir: Path
     from experiments.results import (markdown_table, plot_submodel_curve, submodel_table, summarize,
                                      write_csv, write_json)
 
+    if hasattr(paradigm, "before_eval"):
+        paradigm.before_eval(cfg, module)
     trainer.validate(module, datamodule=datamodule, verbose=False)
     val = dict(trainer.callback_metrics)
     trainer.test(module, datamodule=datamodule, verbose=False)

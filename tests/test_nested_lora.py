@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.adapters.nested_lora import (NestedLoRALinear, adapter_state_dict, export_peft_adapter,
-                                          inject_nested_lora, lora_layers, set_rank)
+                                          inject_nested_lora, lora_layers, merged_state_dict, set_rank)
 from tests.conftest import LORA_TARGETS
 
 
@@ -130,3 +130,16 @@ def test_nf4_base_trains_on_cpu_and_loss_goes_down(tmp_path, monkeypatch):
         losses.append(loss.item())
     set_rank(model, 4)
     assert model(input_ids=x, labels=x).loss.item() < losses[0] - 0.5
+
+
+def test_merged_checkpoint_equals_the_adapter_at_that_rank(tiny_llama):
+    from transformers import LlamaForCausalLM
+
+    inject_nested_lora(tiny_llama, LORA_TARGETS, r_max=8, alpha=16)
+    for _, layer in lora_layers(tiny_llama):
+        nn.init.normal_(layer.lora_B, std=0.2)
+    set_rank(tiny_llama, 3)
+    x = torch.randint(0, 260, (2, 9))
+    plain = LlamaForCausalLM(tiny_llama.config).eval()
+    plain.load_state_dict(merged_state_dict(tiny_llama, 3))
+    torch.testing.assert_close(plain(x).logits, tiny_llama(x).logits, atol=1e-5, rtol=0)

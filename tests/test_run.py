@@ -91,17 +91,19 @@ def test_multirun_two_ranks_two_seeds_gives_the_aggregated_table(launcher, env, 
 
 
 @pytest.mark.parametrize("override, key, hint", [
-    ("adapter=dora", "adapter", "dylora, lora, none"),
+    ("adapter=dora", "adapter", "dylora, lora, lora_svd, none, peft_lora"),
     ("adapter.r_max=0", "adapter.r_max", ">= 1"),
     ("adapter.eval_ranks=[1,16]", "adapter.eval_ranks[1]", "between 1 and 4"),
     ("model.name_or_path=/no/such/model", "model.name_or_path", "offline alias"),
     ("adapter.r_max=abc", "adapter.r_max", "must be an integer"),
     ("task=fly", "task", "train, eval, report"),
+    ("quantization=nf4 export.merge=true", "export.merge", "while ranks are dynamic"),
+    ("adapter=peft_lora adapter.eval_ranks=[1,4]", "adapter.eval_ranks", "PEFT's LoRA has one rank"),
 ])
 def test_bad_input_is_one_clear_line_and_loses_nothing(override, key, hint, trained, env, data_file):
     run_dir, _ = trained
     before = {p: p.read_bytes() for p in [run_dir / "results.json", run_dir / "checkpoints" / "last.ckpt"]}
-    proc = run([*TINY, f"data.source={data_file}", override, f"hydra.run.dir={run_dir}"], env)
+    proc = run([*TINY, f"data.source={data_file}", *override.split(), f"hydra.run.dir={run_dir}"], env)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and key in last and hint in last, last
@@ -113,5 +115,15 @@ def test_help_is_fast(env):
 
     start = time.perf_counter()
     proc = run(["--help"], env)
-    assert proc.returncode == 0 and "adapter: dylora, lora, none" in proc.stdout
+    assert proc.returncode == 0 and "adapter: dylora, lora, lora_svd, none, peft_lora" in proc.stdout
     assert time.perf_counter() - start < 10  # generous for a loaded CI machine; goal is < 3 s
+
+
+@pytest.mark.parametrize("adapter", ["lora_svd", "peft_lora"])
+def test_baselines_are_configs_of_the_same_module(adapter, env, data_file, tmp_path):
+    proc = run([*[a for a in TINY if not a.startswith("adapter.eval_ranks")], f"adapter={adapter}",
+                f"data.source={data_file}", f"hydra.run.dir={tmp_path}"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    ranks = [1, 2, 3, 4] if adapter == "lora_svd" else [4]  # SVD: every rank from one fixed-rank run
+    assert sorted(int(k.split("=")[1]) for k in results if k.startswith("test/loss@")) == ranks

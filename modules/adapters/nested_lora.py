@@ -53,6 +53,8 @@ class NestedLoRALinear(nn.Module):
     def factors(self, b: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The rank-b slices (A[:b], B[:, :b]) the forward uses, honouring the frozen option."""
         b = self.rank if b is None else b
+        if b == self.r_max and not (self.frozen_prefix and self.training and b > 1):
+            return self.lora_A, self.lora_B  # no slice: its backward copies the gradient into a zeros buffer
         a, bm = self.lora_A[:b], self.lora_B[:, :b]
         if self.frozen_prefix and self.training and b > 1:
             a = torch.cat([a[: b - 1].detach(), a[b - 1:]], 0)
@@ -65,7 +67,7 @@ class NestedLoRALinear(nn.Module):
             return out
         a, bm = self.factors()
         delta = F.linear(F.linear(self.dropout(x).to(a.dtype), a), bm)  # (..., d_out)
-        return out + (self.scale(self.rank) * delta).to(out.dtype)
+        return torch.add(out, delta.to(out.dtype), alpha=self.scale(self.rank))  # out + s * delta, one kernel
 
     def delta_weight(self, b: int | None = None) -> torch.Tensor:
         """s(b) * B[:, :b] @ A[:b] as a dense (d_out, d_in) matrix (for tests and SVD baselines)."""
@@ -170,3 +172,22 @@ def export_peft_adapter(model: nn.Module, rank: int, out_dir: str | Path,
     return out
 
 
+
+
+def merged_state_dict(model: nn.Module, rank: int) -> dict[str, torch.Tensor]:
+    """The base model's state dict with rank ``rank`` merged in (W + s(b) B[:, :b] A[:b]) and the
+    adapter removed: a plain HF checkpoint. Only for float bases; a 4-bit base cannot absorb it."""
+    merged = {}
+    layers = dict(lora_layers(model))
+    for key, value in model.state_dict().items():
+        if ".lora_A" in key or ".lora_B" in key:
+            continue
+        owner, _, leaf = key.rpartition(".base_layer.")
+        if owner in layers:
+            if type(layers[owner].base_layer) is not nn.Linear:
+                raise ValueError(f"cannot merge into {type(layers[owner].base_layer).__name__} (a quantized base)")
+            if leaf == "weight":
+                value = value + layers[owner].delta_weight(rank).detach().to(value.dtype)
+            key = f"{owner}.{leaf}"
+        merged[key] = value
+    return merged
