@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-IGNORE_INDEX = -100  # label value that the HF loss ignores
+from modules.lm_module import IGNORE_INDEX  # label value the loss ignores (prompt, padding)
 
 
 def load_split(source: str, split: str, fmt: str | None = None, seed: int = 0,

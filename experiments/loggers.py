@@ -45,7 +45,7 @@ def build_loggers(cfg: DictConfig) -> list:
             node["offline"] = wandb_offline(node.get("offline", "auto"))
             node["group"] = node.get("group") or sweep_group()
             node["config"] = OmegaConf.to_container(cfg, resolve=True)
-        loggers.append(instantiate(node))
+        loggers.append(instantiate(node, _convert_="all"))  # plain dicts: W&B cannot serialise DictConfig
     return loggers
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from experiments.metrics import exact_match, first_answer_line
 from modules.nested_module import NestedModule
+
+IGNORE_INDEX = -100  # label of prompt and padding tokens
 from modules.submodel import NestedModel, Sampler, SubModel
 
 
@@ -25,8 +28,15 @@ class NestedCausalLM(NestedModule):
         self.answer_fn, self.score_fn = answer_fn, score_fn
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"]).loss
+        """Mean next-token cross-entropy over answer tokens (what HF's loss computes), but the LM
+        head only runs where there is a label: prompts are most tokens and the head (vocab x d)
+        is a large share of a small model's compute."""
+        hidden = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       use_cache=False).last_hidden_state  # (B, T, C)
+        labels = batch["labels"][:, 1:]  # position t predicts token t+1
+        keep = labels != IGNORE_INDEX
+        logits = self.model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+        return F.cross_entropy(logits.float(), labels[keep])
 
     def evaluate_submodel(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
         metrics = {"loss": self.loss(batch)}

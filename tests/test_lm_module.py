@@ -107,3 +107,13 @@ def test_checkpoint_holds_only_trainable_weights(qa_file, tmp_path):
     twin.load_state_dict(state, strict=False)
     for k, v in state.items():
         torch.testing.assert_close(twin.state_dict()[k], v)
+
+
+def test_answer_only_loss_equals_the_hf_loss(qa_file):
+    module = _module()
+    dm = _data(qa_file, batch_size=4)
+    dm.setup()
+    batch = dm.collate(dm.records["train"][:4])
+    module.model.eval()
+    hf = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    torch.testing.assert_close(module.loss(batch), hf, atol=1e-5, rtol=1e-5)

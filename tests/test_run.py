@@ -127,3 +127,15 @@ def test_baselines_are_configs_of_the_same_module(adapter, env, data_file, tmp_p
     results = json.loads((tmp_path / "results.json").read_text())
     ranks = [1, 2, 3, 4] if adapter == "lora_svd" else [4]  # SVD: every rank from one fixed-rank run
     assert sorted(int(k.split("=")[1]) for k in results if k.startswith("test/loss@")) == ranks
+
+
+def test_wandb_logger_goes_offline_without_an_api_key(env, data_file, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()  # no ~/.netrc here, and no WANDB_API_KEY: the run must log offline, not fail
+    offline_env = {k: v for k, v in env.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    offline_env.update(HOME=str(home), WANDB_SILENT="true")
+    proc = run([*TINY, f"data.source={data_file}", "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}"], offline_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (tmp_path / "run" / "csv" / "metrics.csv").exists()  # CSV always, W&B additionally
