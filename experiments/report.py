@@ -117,12 +117,20 @@ def report_sweep(sweep_dir: str | Path, metrics: Sequence[str] | None = None,
 def report_task(cfg) -> None:
     from experiments.config import ConfigError, get
 
-    sweep_dir = get(cfg, "report.sweep_dir")
-    if not sweep_dir or not Path(sweep_dir).is_dir():
-        raise ConfigError(f"report.sweep_dir={sweep_dir!r}: no such folder; give a multirun folder "
-                          "(e.g. multirun/qdylora/quick/<date>)")
-    print(report_sweep(sweep_dir, get(cfg, "report.metrics"), get(cfg, "report.group_by")))
-    print(f"written: {Path(sweep_dir) / 'report.md'} and report.csv")
+    sweep_dirs = get(cfg, "report.sweep_dir")
+    sweep_dirs = [sweep_dirs] if isinstance(sweep_dirs, str) else list(sweep_dirs or [])
+    missing = [d for d in sweep_dirs if not Path(d).is_dir()] or ([] if sweep_dirs else [None])
+    if missing:
+        raise ConfigError(f"report.sweep_dir={missing[0]!r}: no such folder; give a multirun folder "
+                          "(e.g. multirun/qdylora/quick/<date>) or a list of them")
+    if get(cfg, "table"):  # a paper table spec (conf/table/)
+        from experiments.tables import table_task
+
+        print(table_task(cfg, sweep_dirs))
+        print(f"written: {Path(sweep_dirs[0]) / cfg.table.name}.md, .tex and .csv")
+        return
+    print(report_sweep(sweep_dirs[0], get(cfg, "report.metrics"), get(cfg, "report.group_by")))
+    print(f"written: {Path(sweep_dirs[0]) / 'report.md'} and report.csv")
 
 
 class SweepReportCallback(Callback):

@@ -1,0 +1,53 @@
+"""Sweep folders -> tables: values, pooling over seeds, paper-table specs, bad specs."""
+import json
+
+import pytest
+import yaml
+
+from experiments.config import ConfigError
+from experiments.report import aggregate, load_jobs
+from experiments.tables import build_table, render
+
+
+def _job(root, num, overrides, metrics):
+    job = root / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "results.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    # QDyLoRA: one run per seed fills every rank; QLoRA: one run per rank and seed.
+    _job(tmp_path, 0, ["adapter=dylora", "seed=1"], {"test/em@rank=1": 0.2, "test/em@rank=2": 0.4})
+    _job(tmp_path, 1, ["adapter=dylora", "seed=2"], {"test/em@rank=1": 0.4, "test/em@rank=2": 0.6})
+    _job(tmp_path, 2, ["adapter=lora", "adapter.r_max=1", "seed=1"], {"test/em@rank=1": 0.3})
+    _job(tmp_path, 3, ["adapter=lora", "adapter.r_max=2", "seed=1"], {"test/em@rank=2": 0.5})
+    return tmp_path
+
+
+def test_paper_table_pools_seeds_and_fills_cells_from_fixed_rank_runs(sweep):
+    header, rows = build_table(load_jobs(sweep), "test/em", ["adapter"], "rank", [1, 2],
+                               reference={"QDyLoRA": {1: 0.25}})
+    assert header == ["adapter", "rank=1", "rank=2"]
+    dylora, lora, paper = rows
+    assert dylora[0] == "dylora" and dylora[1] == pytest.approx((0.3, 0.1414213), abs=1e-6)
+    assert lora[1] == (0.3, 0.0) and lora[2] == (0.5, 0.0)
+    assert paper == ["QDyLoRA (paper)", 0.25, None]
+    md = render(header, rows)
+    assert "| dylora | 0.300 ± 0.141 | 0.500 ± 0.141 |" in md
+    assert r"$\pm$" in render(header, rows, "latex")
+
+
+def test_a_metric_no_run_logged_is_a_clear_error(sweep):
+    with pytest.raises(ConfigError, match="'test/acc' with axis 'rank' was not logged by any run; logged metrics: test/em"):
+        build_table(load_jobs(sweep), "test/acc", ["adapter"], "rank")
+
+
+def test_sweep_report_groups_by_what_varies(sweep):
+    header, rows = aggregate(load_jobs(sweep), ["test/em@rank=1"])
+    assert header == ["adapter", "adapter.r_max", "n", "test/em@rank=1"]
+    by_setting = {tuple(r[:2]): r for r in rows}
+    assert by_setting[("dylora", "")][2] == 2 and by_setting[("dylora", "")][3][0] == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="was not logged by any run"):
+        aggregate(load_jobs(sweep), ["val/nope"])
