@@ -55,7 +55,8 @@ class InstructionDataModule(pl.LightningDataModule):
                  max_length: int = 128, batch_size: int = 8, eval_batch_size: int = 16,
                  limit_train: int | None = None, limit_val: int | None = None, limit_test: int | None = None,
                  num_workers: int = 0, seed: int = 0, tokenizer: Any = None,
-                 splits: dict[str, str] | None = None, source_options: dict | None = None):
+                 splits: dict[str, str] | None = None, source_options: dict | None = None,
+                 mc_eval: dict | None = None):
         super().__init__()
         self.source, self.fmt, self.template = source, format, prompt_template
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
@@ -64,6 +65,9 @@ class InstructionDataModule(pl.LightningDataModule):
         # Our split name -> the source's (e.g. a dataset with no validation split reuses test).
         self.split_names = {"train": "train", "validation": "validation", "test": "test", **(splits or {})}
         self.source_options = dict(source_options or {})  # extra arguments of the source's builder
+        # Extra multiple-choice test set scored by choice log-likelihood (MMLU after instruction tuning):
+        # {source, format, split, shots_split, few_shot, limit}.
+        self.mc_eval = dict(mc_eval) if mc_eval else None
         self.records: dict[str, list[dict]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -78,6 +82,40 @@ class InstructionDataModule(pl.LightningDataModule):
                 random.Random(self.seed).shuffle(rows)
             limit = self.limits.get(split)
             self.records[split] = list(rows[:limit] if limit else rows)
+        if self.mc_eval and "mc" not in self.records:
+            self.records["mc"] = self._mc_records()
+
+    def _mc_records(self) -> list[dict]:
+        """MC questions, each with its k-shot prompt built from the same subject's shots split."""
+        from data.instruct_sources import load_records
+        from experiments.metrics import build_mmlu_prompt
+
+        mc = self.mc_eval
+        load = lambda split, limit=None: load_records(mc["source"], split, limit=limit, format=mc.get("format"))  # noqa: E731
+        shots: dict[str, list[dict]] = {}
+        for row in load(mc.get("shots_split", "dev")) if mc.get("few_shot", 0) else []:
+            shots.setdefault(row["subject"], []).append(row)
+        records = []
+        for row in load(mc.get("split", "test"), mc.get("limit")):
+            k_shot = shots.get(row["subject"], [])[: mc.get("few_shot", 0)]
+            prompt = build_mmlu_prompt(row["question"], row["choices"], row["subject"], k_shot)
+            records.append({"prompt": prompt, "num_choices": len(row["choices"]), "label": row["label"]})
+        return records
+
+    def collate_mc(self, records: list[dict]) -> dict[str, Any]:
+        """Left-padded prompts ending in "Answer:", the token of each choice letter, the labels."""
+        tok = self.tokenizer
+        letters = [tok(f" {chr(65 + i)}", add_special_tokens=False)["input_ids"][-1]
+                   for i in range(max(r["num_choices"] for r in records))]
+        ids = [tok(r["prompt"], add_special_tokens=False)["input_ids"][-self.max_length:] for r in records]
+        width = max(map(len, ids))
+        input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for i, seq in enumerate(ids):
+            input_ids[i, width - len(seq):] = torch.tensor(seq)
+            mask[i, width - len(seq):] = 1
+        return {"mc_input_ids": input_ids, "mc_attention_mask": mask, "mc_choice_ids": torch.tensor(letters),
+                "mc_labels": torch.tensor([r["label"] for r in records])}
 
     # --- tokenisation -----------------------------------------------------------------
     def encode(self, record: dict) -> dict[str, list[int]]:
@@ -128,5 +166,10 @@ class InstructionDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", False, self.eval_batch_size, False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size, True)
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        main = self._loader("test", False, self.eval_batch_size, True)
+        if not self.mc_eval:
+            return main
+        mc = DataLoader(self.records["mc"], batch_size=self.eval_batch_size, collate_fn=self.collate_mc,
+                        num_workers=self.num_workers)
+        return [main, mc]

@@ -18,6 +18,10 @@ from modules.submodel import NestedModel, Sampler, SubModel
 
 
 class NestedCausalLM(NestedModule):
+    @staticmethod
+    def batch_size(batch: dict[str, Any]) -> int:
+        return len(batch["mc_labels"] if "mc_labels" in batch else batch["input_ids"])
+
     def __init__(self, model: torch.nn.Module, tokenizer: Any, nested: NestedModel, sampler: Sampler,
                  optimizer: Callable[..., torch.optim.Optimizer], scheduler: dict | None = None,
                  eval_grid: Sequence[SubModel] | None = None, generate: bool = True, max_new_tokens: int = 16,
@@ -39,11 +43,26 @@ class NestedCausalLM(NestedModule):
         return F.cross_entropy(logits.float(), labels[keep])
 
     def evaluate_submodel(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
+        if "mc_input_ids" in batch:
+            return {"mc_acc": self.choice_accuracy(batch)}
         metrics = {"loss": self.loss(batch)}
         if split == "test" and self.generate and "gen_input_ids" in batch:
             preds = self.generate_answers(batch)
             metrics["em"] = sum(self.score_fn(p, refs) for p, refs in zip(preds, batch["answers"])) / len(preds)
         return metrics
+
+    @torch.no_grad()
+    def choice_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_choices) log-probabilities of each choice letter right after "Answer:"."""
+        logits = self.model(input_ids=batch["mc_input_ids"], attention_mask=batch["mc_attention_mask"],
+                            logits_to_keep=1).logits[:, -1]  # (B, V); left padding is masked out
+
+        return logits.float().log_softmax(-1)[:, batch["mc_choice_ids"]]
+
+    def choice_accuracy(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """MMLU-style: the choice whose letter is most likely (the letters are single tokens after one
+        shared prompt, so this is the choice log-likelihood argmax)."""
+        return (self.choice_scores(batch).argmax(-1) == batch["mc_labels"]).float().mean()
 
     @torch.no_grad()
     def generate_answers(self, batch: dict[str, Any]) -> list[str]:

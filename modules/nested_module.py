@@ -60,18 +60,18 @@ class NestedModule(pl.LightningModule):
         return loss
 
     # --- evaluation over the grid ------------------------------------------------------
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate_grid(batch, "val")
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate_grid(batch, "test")
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate_grid(batch, "test")  # several test sets log distinct metric names
 
     def _evaluate_grid(self, batch: Any, split: str) -> None:
         bs = self.batch_size(batch)
         for sub in self.eval_grid:
             self.nested.apply(sub)
             for name, value in self.evaluate_submodel(batch, split).items():
-                self.log(metric_key(f"{split}/{name}", sub), value, batch_size=bs)
+                self.log(metric_key(f"{split}/{name}", sub), value, batch_size=bs, add_dataloader_idx=False)
         self.nested.apply(self.nested.space.largest)
 
     def on_validation_epoch_end(self) -> None:

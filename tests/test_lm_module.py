@@ -117,3 +117,28 @@ def test_answer_only_loss_equals_the_hf_loss(qa_file):
     module.model.eval()
     hf = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     torch.testing.assert_close(module.loss(batch), hf, atol=1e-5, rtol=1e-5)
+
+
+def test_mmlu_style_choice_accuracy_matches_a_direct_computation(tmp_path):
+    rows = [{"question": f"{a} + {b} = ?", "choices": [str(a + b + d) for d in (0, 1, 2, 3)], "answer": i % 4,
+             "subject": "arithmetic"} for i, (a, b) in enumerate([(1, 2), (13, 4), (5, 1), (2, 2), (70, 1)])]  # uneven lengths: padding
+    path = tmp_path / "mmlu.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    dm = InstructionDataModule(source=str(path), format=None, tokenizer=byte_tokenizer(), max_length=512,
+                               mc_eval={"source": str(path), "format": "mmlu", "split": "train",
+                                        "shots_split": "train", "few_shot": 1})
+    dm.records.update(train=[], validation=[], test=[])  # only the MC set matters here
+    dm.setup()
+    assert dm.records["mc"][0]["prompt"].count("Answer:") == 2  # one shot + the question
+    batch = dm.collate_mc(dm.records["mc"])
+    module = _module()
+    module.eval()
+    scores = module.choice_scores(batch)
+    letters = [dm.tokenizer(f" {c}", add_special_tokens=False)["input_ids"][-1] for c in "ABCD"]
+    for i, record in enumerate(dm.records["mc"]):  # each prompt alone, unpadded
+        ids = torch.tensor([dm.tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]])
+        alone = module.model(input_ids=ids).logits[0, -1].log_softmax(-1)[letters]
+        torch.testing.assert_close(scores[i], alone, atol=1e-4, rtol=0)
+    expected = (scores.argmax(-1) == torch.tensor([r["label"] for r in dm.records["mc"]])).float().mean()
+    assert module.choice_accuracy(batch).item() == pytest.approx(expected.item())
+    assert len({len(r["prompt"]) for r in dm.records["mc"]}) > 1  # padding was exercised
