@@ -1,0 +1,457 @@
+"""The image-classification paradigm (SortedNet on ViT): validate, build, and per-sub-network costs.
+
+Three ways to train, chosen by ``nested.method`` so that one Hydra multirun compares them:
+
+- ``sorted``: every optimizer step the ``sampling`` sampler (sandwich, uniform, all, ...) picks
+  sub-networks of ``nested.axes``; each is trained on the batch and their losses are averaged.
+- ``standard``: only the largest sub-network of ``nested.axes`` (the full model) is trained; the
+  grid is then evaluated by slicing it ("standard training, then slice").
+- a sub-network key such as ``"depth=1,width=16"``: an independently trained small model, a
+  separate ViT of exactly that shape (``build_independent``), trained alone and evaluated under
+  the same key as the sub-network it stands beside; ``nested.independent_init`` starts it from
+  random weights (``random``) or from that slice of the loaded model (``slice``, for pretrained ViTs).
+
+After the grid evaluation each evaluated sub-network gets ``params@<sub>``, ``macs@<sub>`` (one
+image) and ``latency_ms@<sub>`` (measured) in ``results.json``, the fraction of the largest
+evaluated sub-network's accuracy it keeps (``kept/test/acc@<sub>``), a table ``submodels.md``/``.csv``
+and an accuracy-vs-MACs plot ``pareto.png``; ``export.submodels`` saves chosen sub-networks as
+standalone ViTs.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from experiments.config import ConfigError, get, instantiate, require_int
+
+PLOT_METRICS = ("test/acc", "test/loss")
+METHODS = ("sorted", "standard")  # or a sub-network key: an independently trained small model
+MODEL_KEYS_NOT_CONFIG = ("name_or_path",)  # model.* keys that are not SortedViTConfig fields
+# Sizes a pretrained checkpoint fixes; model.* may state them so nested.axes is checked before a download.
+CHECKPOINT_SIZES = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
+                    "num_attention_heads", "intermediate_size")
+LATENCY_DEVICES = ("auto", "cpu", "cuda")
+INDEPENDENT_INITS = ("random", "slice")  # how an independently trained small model starts
+
+
+# --- reading the config ---------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def method_of(cfg: DictConfig):
+    """``"sorted"``, ``"standard"`` or the ``SubModel`` of an independently trained small model."""
+    from modules.submodel import SubModel, SubModelError
+
+    method = get(cfg, "nested.method")
+    if method in METHODS:
+        return method
+    if isinstance(method, str) and "=" in method:
+        try:
+            return SubModel.parse(method)
+        except SubModelError:
+            pass
+    raise ConfigError(f"nested.method={method!r} is not an option; valid choices: sorted, standard, or a "
+                      "sub-network key such as 'depth=1,width=16' (an independently trained small model)")
+
+
+def method_label(method_value: Any) -> str:
+    """The training method a ``nested.method`` value stands for: sorted, standard or independent."""
+    return str(method_value) if method_value in METHODS else "independent"
+
+
+def _data_shape(cfg: DictConfig) -> tuple[tuple[int, int, int] | None, int | None]:
+    """(C, H, W) and classes of the configured data, when known without loading it."""
+    from data.images import SOURCES
+
+    info = SOURCES[get(cfg, "data.source")]
+    label_column = get(cfg, "data.label_column")
+    classes = info.num_classes if label_column in (None, info.label_column) else None
+    if info.shape is None:
+        return None, classes
+    c, h, w = info.shape
+    size = get(cfg, "data.image_size")
+    return ((c, size, size) if size else (c, h, w)), classes
+
+
+def model_config(cfg: DictConfig, image_shape: tuple[int, int, int] | None = None,
+                 num_classes: int | None = None, hf_config: Any = None):
+    """The ``SortedViTConfig`` the run builds; ``model.*`` nulls are taken from the data.
+
+    With ``model.name_or_path`` the sizes are the checkpoint's: from ``hf_config`` (the loaded
+    model's), from a local folder's config.json, or, for a hub id before anything is downloaded,
+    from the sizes written in ``model.*`` (None when they are not all given: nothing to check yet).
+    Sizes written in ``model.*`` must match the checkpoint's; ``num_labels`` replaces its head.
+    """
+    from modules.sorted_vit import SortedViTConfig
+
+    options = {k: v for k, v in _plain(cfg.model).items() if k not in MODEL_KEYS_NOT_CONFIG}
+    name = get(cfg, "model.name_or_path")
+    if name:
+        labels = options.get("num_labels") or num_classes
+        if hf_config is None and Path(str(name)).expanduser().exists():
+            hf_config = load_hf_config(cfg)  # a local config.json: read, nothing downloaded
+        if hf_config is not None:
+            out = SortedViTConfig.from_hf(hf_config)
+            for key in CHECKPOINT_SIZES:
+                if options.get(key) is not None and options[key] != getattr(out, key):
+                    raise ConfigError(f"model.{key}={options[key]} but {name} has {key}={getattr(out, key)}; "
+                                      f"set model.{key}={getattr(out, key)} (or null to take the checkpoint's)")
+        elif all(options.get(k) is not None for k in CHECKPOINT_SIZES):
+            check_model_name(str(name))
+            out = SortedViTConfig.from_mapping({k: options[k] for k in CHECKPOINT_SIZES})
+        else:
+            check_model_name(str(name))
+            return None  # a hub id with its sizes unstated: checked once loaded
+        if labels:
+            out.num_labels = int(labels)
+        return out
+    shape = image_shape
+    fill = {"num_channels": shape[0] if shape else 3, "image_size": shape[-1] if shape else None,
+            "num_labels": num_classes or 2}
+    for key, value in fill.items():
+        if options.get(key) is None:
+            options[key] = value
+    if options.get("image_size") is None:  # data shape unknown before loading (data.source=hf)
+        options["image_size"] = options.get("patch_size") or 1
+    try:
+        return SortedViTConfig.from_mapping(options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def check_model_name(name: str) -> None:
+    """A local-looking path must exist; a hub id is checked when loaded."""
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    if looks_local and not Path(name).expanduser().exists():
+        raise ConfigError(f"model.name_or_path={name!r}: no such folder; give an HF id of a ViT "
+                          "(e.g. google/vit-base-patch16-224), a local ViT folder, or null for a random ViT")
+
+
+def load_hf_config(cfg: DictConfig):
+    from transformers import ViTConfig
+
+    name = str(get(cfg, "model.name_or_path"))
+    check_model_name(name)
+    try:
+        return ViTConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model.name_or_path={name!r} could not be loaded: {first}") from None
+
+
+def axes_of(cfg: DictConfig, vit_cfg) -> dict[str, list[int]]:
+    """``nested.axes`` checked against the model (``vit_cfg``; None: its form only): the space sorted
+    training samples from."""
+    from modules.sorted_vit import AXES, SubModelError, _describe, check_axis, valid_choices
+
+    axes = _plain(get(cfg, "nested.axes"))
+    if not isinstance(axes, Mapping) or not axes:
+        raise ConfigError(f"nested.axes is empty or missing; give a mapping axis -> values for some of "
+                          f"{', '.join(AXES)}, e.g. {{depth: [1, 2], width: [16, 32]}}")
+    out = {}
+    for axis, values in axes.items():
+        if axis not in AXES:
+            raise ConfigError(f"nested.axes.{axis}: unknown axis; valid axes: {', '.join(AXES)}")
+        if not isinstance(values, list) or not values:
+            hint = f" from {_describe(valid_choices(vit_cfg, axis))}" if vit_cfg is not None else ""
+            raise ConfigError(f"nested.axes.{axis} is empty; give a list of values{hint}")
+        if vit_cfg is None:  # the model's sizes are not known yet: only the form is checked
+            out[axis] = sorted({_int(v, f"nested.axes.{axis}") for v in values})
+            continue
+        try:
+            out[axis] = sorted({check_axis(vit_cfg, axis, _int(v, f"nested.axes.{axis}")) for v in values})
+        except SubModelError as err:
+            raise ConfigError(f"nested.axes.{axis}: {err}") from None
+    return out
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must hold integers, got {value!r}")
+    return value
+
+
+def eval_grid_of(cfg: DictConfig, vit_cfg, axes: Mapping[str, list[int]]) -> list:
+    """``nested.eval_grid``: null/"all" = the grid of ``nested.axes``; a mapping axis -> values; or keys."""
+    from modules.sorted_vit import SubModelError, resolve
+    from modules.submodel import SubModelSpace, parse_grid
+
+    spec = _plain(get(cfg, "nested.eval_grid"))
+    if spec is not None and spec != "all" and not isinstance(spec, (Mapping, list)):
+        raise ConfigError(f"nested.eval_grid={spec!r}: give null (the nested.axes grid), a mapping axis -> "
+                          "values, or a list of keys such as ['depth=1,width=16']")
+    if isinstance(spec, Mapping) and any(not isinstance(v, list) or not v for v in spec.values()):
+        raise ConfigError(f"nested.eval_grid={spec} has an empty axis; every axis needs a list of values")
+    try:
+        grid = parse_grid(spec, SubModelSpace(axes))
+        for sub in grid:
+            resolve(vit_cfg, sub)
+    except SubModelError as err:
+        raise ConfigError(f"nested.eval_grid: {err}") from None
+    return grid
+
+
+# --- validation: cheap, before anything is loaded or written --------------------------------
+def validate(cfg: DictConfig) -> None:
+    from data.images import SOURCES
+    from modules.sorted_vit import SubModelError, resolve
+    from modules.submodel import SubModelSpace
+
+    if get(cfg, "data.source") not in SOURCES:
+        raise ConfigError(f"data.source={get(cfg, 'data.source')!r} is not an option; valid choices: "
+                          f"{', '.join(SOURCES)}")
+    for key in ("data.batch_size",):
+        require_int(cfg, key, minimum=1)
+    if get(cfg, "data.eval_batch_size") is not None:
+        require_int(cfg, "data.eval_batch_size", minimum=1)
+    for key, minimum in (("eval.latency.batch_size", 1), ("eval.latency.warmup", 0), ("eval.latency.repeats", 0)):
+        if get(cfg, key) is not None:
+            require_int(cfg, key, minimum=minimum)
+    device = get(cfg, "eval.latency.device", "auto")
+    if device not in LATENCY_DEVICES:
+        raise ConfigError(f"eval.latency.device={device!r} is not an option; valid choices: {', '.join(LATENCY_DEVICES)}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("eval.latency.device=cuda but no CUDA device is available; valid choices here: auto, cpu")
+    shape, classes = _data_shape(cfg)
+    vit_cfg = model_config(cfg, shape, classes)
+    if vit_cfg is not None and shape is not None and get(cfg, "model.name_or_path"):
+        check_image_shape(vit_cfg, shape)
+    method = method_of(cfg)
+    init = get(cfg, "nested.independent_init", "random")
+    if init not in INDEPENDENT_INITS:
+        raise ConfigError(f"nested.independent_init={init!r} is not an option; valid choices: "
+                          f"{', '.join(INDEPENDENT_INITS)}")
+    axes = axes_of(cfg, vit_cfg)
+    if vit_cfg is None:  # a hub checkpoint whose sizes model.* does not state: checked once loaded
+        return
+    if not isinstance(method, str):  # an independently trained small model
+        try:
+            resolve(vit_cfg, method)
+        except SubModelError as err:
+            raise ConfigError(f"nested.method: {err}") from None
+        return
+    eval_grid_of(cfg, vit_cfg, axes)
+    if method == "sorted":
+        for key, minimum in (("sampling.num_random", 0), ("sampling.num_per_step", 1)):
+            if get(cfg, key) is not None:
+                require_int(cfg, key, minimum=minimum)
+        try:
+            instantiate(cfg.sampling)(space=SubModelSpace(axes), seed=cfg.seed).submodels(0)
+        except (SubModelError, TypeError) as err:
+            raise ConfigError(f"sampling: {str(err).splitlines()[0]}") from None
+
+
+def check_image_shape(vit_cfg, shape: tuple[int, int, int]) -> None:
+    c, h, _ = shape
+    if h != vit_cfg.image_size:
+        raise ConfigError(f"data.image_size={h}: the model expects {vit_cfg.image_size}x{vit_cfg.image_size} "
+                          f"images; set data.image_size={vit_cfg.image_size}")
+    if c != vit_cfg.num_channels:
+        raise ConfigError(f"data.source={c}-channel images do not fit a {vit_cfg.num_channels}-channel model; "
+                          "use a model built for them (model.name_or_path=null)")
+
+
+# --- building the pieces from config --------------------------------------------------------
+def build_model(cfg: DictConfig, datamodule):
+    """The full ``SortedViT``: random from ``model.*`` sizes, or a HF ``ViTForImageClassification``."""
+    from modules.sorted_vit import SortedViT, load_hf_vit
+
+    image_shape, classes = datamodule.image_shape, datamodule.num_classes
+    name = get(cfg, "model.name_or_path")
+    if not name:
+        return SortedViT(model_config(cfg, image_shape, classes))
+    from transformers import ViTForImageClassification
+
+    # config changes the checkpoint allows (head size, dropouts); its sizes are checked, never changed
+    changes = {k: v for k, v in _plain(cfg.model).items()
+               if k not in MODEL_KEYS_NOT_CONFIG + CHECKPOINT_SIZES and v is not None}
+    changes.setdefault("num_labels", classes)
+    try:  # ignore_mismatched_sizes: the classifier is re-initialised when num_labels differs
+        hf = ViTForImageClassification.from_pretrained(str(name), ignore_mismatched_sizes=True, **changes)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model.name_or_path={name!r} could not be loaded: {first}") from None
+    model_config(cfg, image_shape, classes, hf_config=hf.config)  # model.* sizes match the checkpoint's
+    model = load_hf_vit(hf)
+    check_image_shape(model.config, image_shape)
+    return model
+
+
+def build(cfg: DictConfig):
+    from modules.sorted_vit import build_independent, copy_slices
+    from modules.submodel import FixedSampler
+    from modules.vision_module import NestedClassifier
+
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    if get(cfg, "data.source") == "hf":
+        datamodule.setup()  # shape and classes are known only once loaded
+    model = build_model(cfg, datamodule)
+    method = method_of(cfg)
+    if isinstance(method, str):
+        axes = axes_of(cfg, model.config)
+        grid = eval_grid_of(cfg, model.config, axes)
+    else:  # a separate small ViT shaped like the sub-network, evaluated under the sub-network's key
+        small = build_independent(model.config, method)
+        if get(cfg, "nested.independent_init", "random") == "slice":
+            copy_slices(model, small, method)  # start from the (pretrained) weights of that slice
+        model = small
+        axes = {axis: [value] for axis, value in method.dims}
+        grid = [method]
+    nested = model.nested(axes)
+    if method == "sorted":
+        sampler = instantiate(cfg.sampling)(space=nested.space, seed=cfg.seed)
+    else:
+        sampler = FixedSampler(nested.space, seed=cfg.seed, choice="largest")
+    module = NestedClassifier(model, nested, sampler, optimizer=instantiate(cfg.optimizer),
+                              scheduler=_plain(cfg.scheduler), eval_grid=grid)
+    return module, datamodule
+
+
+# --- after the grid evaluation: costs, table, plot, exports ---------------------------------
+def latency_device(cfg: DictConfig):
+    import torch
+
+    want = get(cfg, "eval.latency.device", "auto")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()
+                          and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def measure_latency_ms(model, sub, batch_size: int = 1, warmup: int = 3, repeats: int = 20,
+                       device=None, autocast_dtype=None) -> float:
+    """Median wall time of one forward of a ``batch_size`` batch through sub-network ``sub``, in ms."""
+    import contextlib
+
+    import torch
+
+    cfg = model.config
+    device = device or next(model.parameters()).device
+    x = torch.randn(batch_size, cfg.num_channels, cfg.image_size, cfg.image_size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    times = []
+    with torch.no_grad(), ctx:
+        for i in range(warmup + max(repeats, 1)):
+            sync()
+            start = time.perf_counter()
+            model(x, sub)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def cost_metrics(cfg: DictConfig, model, grid) -> dict[str, float]:
+    """``params@<sub>``, ``macs@<sub>``, ``latency_ms@<sub>`` for every sub-network of ``grid``."""
+    import torch
+
+    from modules.sorted_vit import count_flops, count_params
+    from modules.submodel import metric_key
+
+    device = latency_device(cfg)
+    autocast = torch.bfloat16 if device.type == "cuda" and "bf16" in str(get(cfg, "trainer.precision", "")) else None
+    was_training, old_device = model.training, next(model.parameters()).device
+    model.eval().to(device)
+    out: dict[str, float] = {}
+    try:
+        for sub in grid:
+            out[metric_key("params", sub)] = count_params(model, sub)
+            out[metric_key("macs", sub)] = count_flops(model, sub)
+            if get(cfg, "eval.latency.repeats", 20) > 0:
+                out[metric_key("latency_ms", sub)] = measure_latency_ms(
+                    model, sub, get(cfg, "eval.latency.batch_size", 1), get(cfg, "eval.latency.warmup", 3),
+                    get(cfg, "eval.latency.repeats", 20), device, autocast)
+    finally:
+        model.to(old_device).train(was_training)
+    return out
+
+
+def kept_fraction(metrics: Mapping[str, float], grid, metric: str) -> dict[str, float]:
+    """``kept/<metric>@<sub>``: the sub-network's metric over the largest evaluated sub-network's."""
+    from modules.submodel import metric_key
+
+    def size(sub):
+        return (metrics.get(metric_key("macs", sub), 0), sub.dims)
+
+    largest = max(grid, key=size)
+    ref = metrics.get(metric_key(metric, largest))
+    if not ref:
+        return {}
+    return {metric_key(f"kept/{metric}", sub): metrics[metric_key(metric, sub)] / ref
+            for sub in grid if metric_key(metric, sub) in metrics}
+
+
+def submodel_rows(metrics: Mapping[str, float], grid, metric: str) -> tuple[list[str], list[list[Any]]]:
+    """The per-run table: one row per sub-network, ordered by MACs."""
+    from modules.submodel import metric_key
+
+    split = metric.split("/")[0]
+    names = ["params", "macs", "latency_ms", "val/acc", "test/acc", f"kept/{metric}", f"{split}/loss"]
+    names = [n for n in dict.fromkeys(names) if any(metric_key(n, s) in metrics for s in grid)]
+    rows = [[sub.key, *[metrics.get(metric_key(n, sub)) for n in names]] for sub in grid]
+    rows.sort(key=lambda r: (r[1 + names.index("macs")] if "macs" in names else 0, r[0]))
+    return ["submodel", *names], rows
+
+
+def export_submodels(cfg: DictConfig, model, metrics: Mapping[str, Any], grid, run_dir: Path) -> list[Path]:
+    """``export.submodels`` (best, largest, smallest or keys) as standalone ViTs: ``model.pt`` + ``config.json``."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from modules.sorted_vit import build_independent, copy_slices, count_flops
+    from modules.submodel import SubModel
+
+    by_cost = sorted(grid, key=lambda s: (count_flops(model, s), s.dims))
+    out = []
+    for choice in get(cfg, "export.submodels") or []:
+        if choice == "best":
+            key = metrics.get("best/submodel")
+            sub = SubModel.parse(key) if key else None
+        elif choice in ("largest", "smallest"):
+            sub = by_cost[-1 if choice == "largest" else 0]
+        else:
+            sub = SubModel.parse(str(choice))
+        if sub is None:
+            continue
+        small = copy_slices(model, build_independent(model.config, sub), sub) if sub.dims else model
+        folder = run_dir / get(cfg, "export.dir", "exports") / (sub.key.replace("=", "_").replace(",", "_") or "full")
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(small.state_dict(), folder / "model.pt")
+        (folder / "config.json").write_text(json.dumps(dataclasses.asdict(small.config), indent=2) + "\n")
+        if folder not in out:
+            out.append(folder)
+    return out
+
+
+def after_eval(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
+    from experiments.pareto import plot_run
+    from experiments.results import markdown_table, write_csv
+
+    grid, model = module.eval_grid, module.model
+    metrics.update(cost_metrics(cfg, model, grid))
+    metrics["latency/device"] = str(latency_device(cfg))
+    metric = cfg.eval.metric
+    metrics.update(kept_fraction(metrics, grid, metric))
+    metrics["method"] = method_label(get(cfg, "nested.method"))
+    header, rows = submodel_rows(metrics, grid, metric)
+    table = markdown_table(header, rows)
+    (run_dir / "submodels.md").write_text(table + "\n")
+    write_csv(run_dir / "submodels.csv", header, rows)
+    print(f"\nAccuracy and cost per sub-network:\n{table}")
+    written = [run_dir / "submodels.md"]
+    plot = plot_run(metrics, grid, metric, run_dir / "pareto.png", title=f"{get(cfg, 'name')} ({metrics['method']})")
+    if plot:
+        written.append(plot)
+    return written + export_submodels(cfg, model, metrics, grid, run_dir)
