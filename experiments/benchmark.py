@@ -653,6 +653,7 @@ def collect(b: DictConfig, variants: list[Variant], evals: dict, elapsed: float)
                 "step_time_paired": statistics.median(o / p for o, p in zip(got[ours]["step_s_all"],
                                                                             got[peft]["step_s_all"])),
                 "peak_memory": _ratio(got[ours]["peak_mib"], got[peft]["peak_mib"]),
+                "peak_memory_diff_kib": (got[ours]["peak_mib"] - got[peft]["peak_mib"]) * 1024,  # ours - PEFT
                 "peak_rss": _ratio(got[ours]["peak_rss_mib"], got[peft]["peak_rss_mib"]),
                 "saved_activations": _ratio(got[ours]["saved_activations_mib"], got[peft]["saved_activations_mib"]),
             }
@@ -705,10 +706,11 @@ def format_tables(result: dict[str, Any]) -> str:
     table = markdown_table(["variant", "step ms (median)", "step ms (min)", "CPU ms (median)", "tokens/s (median)",
                             "peak MiB", "peak RSS MiB", "saved activations MiB", "trainable", "mean rank"], rows)
     ratios = markdown_table(["ours / PEFT", "step time (median)", "step time (paired)", "step time (min)",
-                             "step CPU time", "peak memory", "peak RSS", "saved activations"],
+                             "step CPU time", "peak memory", "peak ours - PEFT (KiB)", "peak RSS",
+                             "saved activations"],
                             [[k, r["step_time"], r["step_time_paired"], r["step_time_min"], r["step_cpu_time"],
-                              r["peak_memory"], r["peak_rss"], r["saved_activations"]]
-                             for k, r in result["ratios"].items()])
+                              r["peak_memory"], round(r["peak_memory_diff_kib"], 1), r["peak_rss"],
+                              r["saved_activations"]] for k, r in result["ratios"].items()])
     source = next(iter(result["variants"].values()))["peak_source"]
     lines = [head, "", table, "", f"peak MiB: {source}, per step, model included", "", ratios]
     if result["eval_all_ranks"]:

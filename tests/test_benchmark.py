@@ -81,6 +81,17 @@ def test_invalid_benchmark_config_is_one_clear_error():
             validate(_tiny(device="cuda"))
 
 
+@pytest.mark.parametrize("name", ["cpu_tiny", "cpu_smollm2", "gpu_llama2_7b"])
+def test_every_benchmark_config_validates(name):
+    b = load_yaml(ROOT / "conf" / "benchmark" / f"{name}.yaml")
+    assert set(b.variants) == set(VARIANTS) and b.model.targets
+    if str(b.device).startswith("cuda") and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            validate(b)
+    else:
+        validate(b)
+
+
 def test_in_memory_nf4_equals_transformers_nf4_load(cache):
     """build=direct (GPU: no checkpoint on disk) quantizes exactly as from_pretrained + BitsAndBytesConfig."""
     from transformers import AutoConfig, AutoModelForCausalLM
