@@ -92,6 +92,11 @@ class MemoryProbe:
         self.can_reset = self.cuda or _clear_refs_works()
         if not self.cuda:
             _pin_mmap_threshold()
+        else:  # cuBLAS(Lt) takes its workspaces from the caching allocator on first use: take them before
+            for dtype in (torch.float32, torch.bfloat16):  # any baseline, or the first variant is charged them
+                x = torch.ones(64, 64, device=device, dtype=dtype, requires_grad=True)
+                (x @ x).sum().backward()
+            torch.cuda.synchronize()
 
     def current(self) -> int:
         if self.cuda:
