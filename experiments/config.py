@@ -65,6 +65,16 @@ def require_number(cfg: DictConfig, key: str, minimum: float | None = None) -> f
     return number
 
 
+def require_bool(cfg: DictConfig, key: str, default: bool = False) -> bool:
+    """A true/false switch (absent or null = ``default``), or a ConfigError naming the key."""
+    value = get(cfg, key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def require_choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> str:
     value = get(cfg, key)
     if value not in choices:

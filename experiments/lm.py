@@ -5,11 +5,13 @@ A paradigm module exposes ``validate(cfg)``, ``build(cfg) -> (LightningModule, L
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import ConfigError, get, instantiate, int_list, require_choice, require_int, require_number
+from experiments.config import (ConfigError, get, instantiate, int_list, require_bool, require_choice, require_int,
+                                require_number)
 
 PLOT_METRICS = ("test/em", "test/loss", "test/ppl")
 
@@ -30,6 +32,13 @@ def validate(cfg: DictConfig) -> None:
     if kind == "nested_lora":
         require_int(cfg, "adapter.r_min", minimum=1, maximum=r_max)
         require_choice(cfg, "adapter.scale", ("alpha/b", "alpha/r_max", "alpha/sqrt(b)"))
+        if require_bool(cfg, "adapter.matryoshka") and require_bool(cfg, "adapter.frozen_prefix"):
+            raise ConfigError("adapter.matryoshka=true trains every rank at once; it cannot be combined with "
+                              "adapter.frozen_prefix=true (which trains only component b): set one of them to false")
+    elif require_bool(cfg, "adapter.matryoshka"):
+        raise ConfigError(f"adapter.matryoshka=true needs adapter.kind=nested_lora (adapter=dylora or "
+                          f"adapter=matryoshka_lora), got adapter.kind={kind}")
+    training_sampler(cfg, rank_axes(cfg))
     if get(cfg, "export.merge") and get(cfg, "quantization.enabled"):
         dynamic = kind == "nested_lora" and get(cfg, "adapter.r_min") != get(cfg, "adapter.r_max")
         raise ConfigError("export.merge=true on a 4-bit base" + (" while ranks are dynamic" if dynamic else "") +
@@ -62,6 +71,47 @@ def eval_ranks(cfg: DictConfig) -> list[int] | None:
         raise ConfigError(f"adapter.eval_ranks={ranks}: PEFT's LoRA has one rank; use null or [{r_max}] "
                           "(or adapter=dylora / adapter=lora_svd for many ranks)")
     return ranks
+
+
+def rank_axes(cfg: DictConfig) -> dict[str, list[int]]:
+    """The training space the adapter adds (what ``attach_adapter`` returns), from config alone."""
+    kind = get(cfg, "adapter.kind")
+    if kind == "none":
+        return {}
+    r_max = require_int(cfg, "adapter.r_max", minimum=1)
+    r_min = get(cfg, "adapter.r_min") if kind == "nested_lora" else r_max
+    return {"rank": list(range(int(r_min), r_max + 1))}
+
+
+def training_sampler(cfg: DictConfig, axes):
+    """The sampler of the training sub-models: ``sampling`` over the adapter's space; with
+    adapter.matryoshka=true no rank is drawn (the fixed diagonal trains every rank at r_max), so it is
+    the largest sub-model. ``sampling``'s own errors and a sampler that conflicts with MatryoshkaLoRA
+    (anything but the plain default draw or fixed at the largest) are ConfigErrors."""
+    from modules.submodel import SAMPLERS, FixedSampler, SubModelError, SubModelSpace, UniformSampler
+
+    space = SubModelSpace(axes)
+    seed = get(cfg, "seed", 0)
+    try:
+        sampler = instantiate(cfg.sampling)(space=space, seed=seed) if get(cfg, "sampling") is not None else None
+    except (SubModelError, TypeError) as err:
+        msg = str(err).splitlines()[0]
+        head = re.split(r"[=.: ]", msg, maxsplit=1)[0]  # a message that starts with the key names it in full
+        raise ConfigError(f"sampling.{msg}" if head in cfg.sampling else f"sampling: {msg}") from None
+    if not require_bool(cfg, "adapter.matryoshka"):
+        return sampler
+    plain = (sampler is None or (type(sampler) is UniformSampler and sampler.num_per_step == 1 and not sampler.probs)
+             or (type(sampler) is FixedSampler and sampler.sub == space.largest))
+    if not plain:
+        name = next((k for k, c in SAMPLERS.items() if type(sampler) is c), type(sampler).__name__)
+        if type(sampler) is UniformSampler:
+            name += " with a distribution, weights or num_per_step > 1"
+        elif type(sampler) is FixedSampler:
+            name += f" at {sampler.sub.key}"
+        raise ConfigError(f"adapter.matryoshka=true trains every rank r_min..r_max in one forward at the largest "
+                          f"rank, so no rank is drawn; sampling={name} conflicts with it: use sampling=fixed "
+                          f"(choice: largest) or the plain sampling=uniform (then unused), or adapter.matryoshka=false")
+    return FixedSampler(space, seed=seed, choice="largest")
 
 
 def check_model_path(name_or_path: str) -> None:
@@ -117,7 +167,7 @@ def build_module(cfg: DictConfig, model, tokenizer, nested):
     from experiments import metrics
     from modules.lm_module import NestedCausalLM
 
-    sampler = instantiate(cfg.sampling)(space=nested.space, seed=cfg.seed)
+    sampler = training_sampler(cfg, nested.space.axes)
     return NestedCausalLM(model, tokenizer, nested, sampler, optimizer=instantiate(cfg.optimizer),
                           scheduler=OmegaConf.to_container(cfg.scheduler), eval_grid=eval_grid(cfg, nested),
                           generate=cfg.eval.generate, max_new_tokens=cfg.eval.max_new_tokens,

@@ -107,15 +107,61 @@ class SubModelSpace:
         d = sub.as_dict()
         return set(d) == set(self.axes) and all(d[k] in self.axes[k] for k in d)
 
-    def random(self, generator: torch.Generator) -> SubModel:
-        """Uniform and independent per axis."""
-        return SubModel.of({k: v[int(torch.randint(len(v), (1,), generator=generator))]
+    def random(self, generator: torch.Generator, probs: Mapping[str, torch.Tensor] | None = None) -> SubModel:
+        """Independent per axis: uniform, or ``probs[axis]`` (one probability per value, see
+        ``axis_probs``) for the axes it names."""
+        probs = probs or {}
+        return SubModel.of({k: v[int(torch.multinomial(probs[k], 1, generator=generator)) if k in probs
+                                 else int(torch.randint(len(v), (1,), generator=generator))]
                             for k, v in self.axes.items()})
 
     def check(self, sub: SubModel) -> SubModel:
         if sub not in self:
             raise SubModelError(f"sub-model {sub.key!r} is outside the space; valid values: {self.axes}")
         return sub
+
+
+DISTRIBUTIONS = ("uniform", "log_uniform")
+
+
+def axis_probs(space: SubModelSpace, distribution: str = "uniform",
+               weights: Mapping[str, Sequence[float]] | None = None) -> dict[str, torch.Tensor]:
+    """Per-axis probabilities of a random draw, for the axes that are not uniform.
+
+    ``distribution`` applies to every axis: ``uniform`` (DyLoRA) or ``log_uniform`` (weight 1/value:
+    about equal mass per octave, small values drawn more often). ``weights`` gives explicit weights (one
+    per value, in increasing value order) for the axes it names and overrides ``distribution`` there.
+    Uniform axes are left out, so they keep the plain integer draw (the default is unchanged).
+    """
+    if distribution not in DISTRIBUTIONS:
+        raise SubModelError(f"distribution={distribution!r} is not an option; valid choices: "
+                            f"{', '.join(DISTRIBUTIONS)}")
+    probs: dict[str, torch.Tensor] = {}
+    if distribution == "log_uniform":
+        for axis, values in space.axes.items():
+            if values[0] <= 0:
+                raise SubModelError(f"distribution=log_uniform needs positive values; axis {axis!r} has {values}")
+            probs[axis] = torch.tensor([1.0 / v for v in values], dtype=torch.float64)
+    if weights is not None and not isinstance(weights, Mapping):
+        raise SubModelError(f"weights must map an axis to its list of weights, e.g. {{rank: [...]}}; got {weights!r}")
+    for axis, ws in (weights or {}).items():
+        if axis not in space.axes:
+            raise SubModelError(f"weights.{axis}: no such axis; valid choices: {', '.join(space.axes) or 'none'}")
+        values = space.axes[axis]
+        if isinstance(ws, str) or not isinstance(ws, Sequence):
+            raise SubModelError(f"weights.{axis} must be a list of {len(values)} weights, one per value {values}; "
+                                f"got {ws!r}")
+        if len(ws) != len(values):
+            raise SubModelError(f"weights.{axis} has {len(ws)} weights but axis {axis!r} has {len(values)} values "
+                                f"{values}; give one weight per value")
+        try:
+            w = torch.tensor([float(x) for x in ws], dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise SubModelError(f"weights.{axis} must be numbers, got {list(ws)!r}") from None
+        if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise SubModelError(f"weights.{axis} must be finite, >= 0 and not all zero, got {w.tolist()}")
+        probs[axis] = w
+    return {axis: p / p.sum() for axis, p in probs.items()}
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -159,29 +205,36 @@ class FixedSampler(Sampler):
 
 
 class UniformSampler(Sampler):
-    """``num_per_step`` independent uniform draws (per axis) each optimizer step (DyLoRA: 1)."""
+    """``num_per_step`` independent draws (per axis) each optimizer step (DyLoRA: 1), uniform by
+    default; ``distribution`` / ``weights`` as in ``axis_probs``."""
 
-    def __init__(self, space: SubModelSpace, seed: int = 0, num_per_step: int = 1):
+    def __init__(self, space: SubModelSpace, seed: int = 0, num_per_step: int = 1, distribution: str = "uniform",
+                 weights: Mapping[str, Sequence[float]] | None = None):
         super().__init__(space, seed)
         if num_per_step < 1:
             raise SubModelError(f"num_per_step must be >= 1, got {num_per_step}")
         self.num_per_step = num_per_step
+        self.probs = axis_probs(space, distribution, weights)
 
     def submodels(self, step: int) -> list[SubModel]:
         gen = step_generator(self.seed, step)
-        return [self.space.random(gen) for _ in range(self.num_per_step)]
+        return [self.space.random(gen, self.probs) for _ in range(self.num_per_step)]
 
 
 class SandwichSampler(Sampler):
-    """Largest + smallest + ``num_random`` uniform draws each step (the sandwich rule)."""
+    """Largest + smallest + ``num_random`` random draws each step (the sandwich rule); the random
+    draws follow ``distribution`` / ``weights`` as in ``axis_probs`` (uniform by default)."""
 
-    def __init__(self, space: SubModelSpace, seed: int = 0, num_random: int = 1):
+    def __init__(self, space: SubModelSpace, seed: int = 0, num_random: int = 1, distribution: str = "uniform",
+                 weights: Mapping[str, Sequence[float]] | None = None):
         super().__init__(space, seed)
         self.num_random = num_random
+        self.probs = axis_probs(space, distribution, weights)
 
     def submodels(self, step: int) -> list[SubModel]:
         gen = step_generator(self.seed, step)
-        return [self.space.largest, self.space.smallest] + [self.space.random(gen) for _ in range(self.num_random)]
+        return ([self.space.largest, self.space.smallest] +
+                [self.space.random(gen, self.probs) for _ in range(self.num_random)])
 
 
 class AllSampler(Sampler):

@@ -6,6 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from experiments import lm
+from experiments.config import ConfigError
 from experiments.tasks import PARADIGMS
 from tests.conftest import ROOT
 
@@ -39,3 +41,47 @@ def test_every_option_in_a_group_yaml_has_a_comment():
     for path in (ROOT / "conf").rglob("*.yaml"):
         first = path.read_text().lstrip().splitlines()[0]
         assert first.startswith("#"), f"{path} has no leading comment"
+
+
+@pytest.mark.parametrize("experiment", ["qdylora/quick", "qdylora/llama2_13b_gsm8k"])
+def test_matryoshka_preset_composes_and_trains_at_the_largest_rank(experiment):
+    from modules.submodel import FixedSampler, SubModel
+
+    cfg = compose_cfg([f"experiment={experiment}", "adapter=matryoshka_lora"])
+    assert cfg.adapter.kind == "nested_lora" and cfg.adapter.matryoshka is True and cfg.adapter.r_min == 1
+    lm.validate(cfg)
+    sampler = lm.training_sampler(cfg, lm.rank_axes(cfg))  # what build_module uses: no rank is drawn
+    assert isinstance(sampler, FixedSampler) and sampler.submodels(3) == [SubModel.of(rank=cfg.adapter.r_max)]
+    default = compose_cfg([f"experiment={experiment}"])  # dylora: matryoshka off, the rank is drawn
+    assert default.adapter.matryoshka is False
+    assert type(lm.training_sampler(default, lm.rank_axes(default))).__name__ == "UniformSampler"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sampling.distribution=normal"], "sampling.distribution='normal' is not an option; valid choices: uniform, log_uniform"),
+    (["sampling.weights={rank:[1,2]}"], r"sampling.weights.rank has 2 weights but axis 'rank' has 8 values"),
+    (["sampling.weights={rank:[0,0,0,0,0,0,0,0]}"], "sampling.weights.rank must be finite, >= 0 and not all zero"),
+    (["sampling.weights={depth:[1]}"], "sampling.weights.depth: no such axis; valid choices: rank"),
+    (["sampling=sandwich", "sampling.distribution=cauchy"], "sampling.distribution='cauchy' is not an option"),
+    (["sampling=uniform", "sampling.num_per_step=0"], "sampling.num_per_step must be >= 1"),
+    (["sampling=fixed", "sampling.choice={rank:9}"], "sampling: sub-model 'rank=9' is outside the space"),
+    (["adapter=matryoshka_lora", "sampling=all"], "adapter.matryoshka=true .* sampling=all conflicts"),
+    (["adapter=matryoshka_lora", "sampling=sandwich"], "sampling=sandwich conflicts"),
+    (["adapter=matryoshka_lora", "sampling.distribution=log_uniform"], "sampling=uniform .* conflicts"),
+    (["adapter=matryoshka_lora", "sampling=fixed", "sampling.choice={rank:2}"], "sampling=fixed at rank=2 conflicts"),
+    (["adapter=matryoshka_lora", "adapter.frozen_prefix=true"], "cannot be combined with adapter.frozen_prefix"),
+    (["adapter.matryoshka=yes"], "adapter.matryoshka must be true or false, got 'yes'"),
+    (["adapter=peft_lora", "+adapter.matryoshka=true"], "adapter.matryoshka=true needs adapter.kind=nested_lora"),
+])
+def test_bad_sampling_and_matryoshka_choices_are_one_line_errors(overrides, message):
+    cfg = compose_cfg(overrides)
+    with pytest.raises(ConfigError, match=message) as err:
+        lm.validate(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_rank_distribution_options_validate():
+    for overrides in (["sampling.distribution=log_uniform"], ["sampling.weights={rank:[8,4,2,1,1,1,1,1]}"],
+                      ["sampling=sandwich", "sampling.distribution=log_uniform"],
+                      ["adapter=matryoshka_lora", "sampling=fixed"]):
+        lm.validate(compose_cfg(overrides))

@@ -10,7 +10,7 @@ from data.instruct import IGNORE_INDEX, InstructionDataModule
 from modules.adapters import attach_adapter
 from modules.hf_model import byte_tokenizer
 from modules.lm_module import NestedCausalLM
-from modules.submodel import UniformSampler
+from modules.submodel import FixedSampler, SubModel, UniformSampler
 from tests.conftest import LORA_TARGETS, tiny_llama_config
 
 
@@ -79,6 +79,40 @@ def test_one_rank_per_optimizer_step_with_gradient_accumulation(qa_file, tmp_pat
     assert all(len(ranks) == 1 for ranks in by_step.values())  # all 3 micro-batches share the draw
     sampler = module.sampler
     assert [by_step[s].pop() for s in range(6)] == [sampler.submodels(s)[0]["rank"] for s in range(6)]
+
+
+def test_matryoshka_trains_every_rank_in_one_forward_and_every_rank_improves(qa_file, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config())
+    nested = attach_adapter(model, "nested_lora", r_max=4, r_min=1, alpha=16, target_modules=LORA_TARGETS,
+                            matryoshka=True)
+    module = RecordingModule(model, byte_tokenizer(), nested, FixedSampler(nested.space, choice="largest"),
+                             optimizer=partial(torch.optim.AdamW, lr=1e-2), generate=False)
+    dm = _data(qa_file, batch_size=8)
+    dm.setup()
+    batch = dm.collate(dm.records["train"][:16])
+
+    @torch.no_grad()
+    def rank_losses():  # grid evaluation: each rank as the plain rank-b LoRA
+        module.eval()
+        losses = {}
+        for b in range(1, 5):
+            nested.apply(SubModel.of(rank=b))
+            losses[b] = module.loss(batch).item()
+        nested.apply(nested.space.largest)
+        module.train()
+        return losses
+
+    before = rank_losses()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=12, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    after = rank_losses()
+    assert {rank for _, rank in module.seen} == {4} and len(module.seen) == 12  # one forward per step, at r_max
+    assert all(after[b] < before[b] - 0.3 for b in before), (before, after)  # every nested rank learned
 
 
 def test_same_rank_on_two_ddp_spawn_processes(qa_file, tmp_path):

@@ -62,6 +62,71 @@ def test_frozen_prefix_updates_only_component_b():
     assert layer.lora_A.grad[3].abs().sum() > 0 and layer.lora_B.grad[:, 3].abs().sum() > 0
 
 
+def _matryoshka_layer(r_max=8, r_min=1, scale="alpha/b"):
+    torch.manual_seed(0)
+    layer = NestedLoRALinear(nn.Linear(12, 10), r_max, 16.0, 0.0, scale, False, matryoshka=True, r_min=r_min)
+    nn.init.normal_(layer.lora_B, std=0.5)
+    return layer.train()
+
+
+@pytest.mark.parametrize("scale", ["alpha/b", "alpha/r_max", "alpha/sqrt(b)"])
+@pytest.mark.parametrize("r_min", [1, 3])
+def test_matryoshka_training_output_is_the_mean_of_the_nested_ranks(scale, r_min):
+    layer = _matryoshka_layer(r_min=r_min, scale=scale)
+    x = torch.randn(5, 12)
+    out = layer(x)  # training mode, rank r_max: one forward through B diag(p) A
+    layer.matryoshka = False  # the same layer as a plain nested LoRA at every training rank
+    reference = []
+    for b in range(r_min, 9):
+        layer.set_rank(b)
+        reference.append(layer(x))
+    torch.testing.assert_close(out, torch.stack(reference).mean(0), atol=1e-6, rtol=1e-6)
+    ranks = torch.arange(1, 9)
+    expected_p = [sum(layer.scale(b) for b in range(max(i, r_min), 9)) / (9 - r_min) for i in ranks.tolist()]
+    torch.testing.assert_close(layer.matryoshka_p, torch.tensor(expected_p), atol=1e-6, rtol=1e-6)
+
+
+def test_matryoshka_gradients_reach_every_component_in_one_step():
+    layer = _matryoshka_layer()
+    layer.base_layer.requires_grad_(False)
+    x = torch.randn(4, 12)
+    layer(x).pow(2).sum().backward()
+    assert torch.all(layer.lora_A.grad.abs().sum(1) > 0) and torch.all(layer.lora_B.grad.abs().sum(0) > 0)
+    assert not layer.matryoshka_p.requires_grad and "matryoshka_p" not in layer.state_dict()  # fixed, not saved
+    # contrast: one sampled rank b < r_max (DyLoRA's step) leaves the components above b without gradient
+    layer.zero_grad()
+    layer.set_rank(3)
+    layer(x).pow(2).sum().backward()
+    assert torch.all(layer.lora_A.grad[3:] == 0) and torch.all(layer.lora_B.grad[:, 3:] == 0)
+    assert torch.all(layer.lora_A.grad[:3].abs().sum(1) > 0)
+
+
+@pytest.mark.parametrize("b", [1, 4, 8])
+def test_matryoshka_eval_and_other_ranks_are_the_plain_rank_b_lora(b):
+    layer = _matryoshka_layer()
+    x = torch.randn(5, 12)
+    a, bm = layer.lora_A[:b].detach(), layer.lora_B[:, :b].detach()
+    plain = layer.base_layer(x) + (16.0 / b) * (x @ a.T) @ bm.T
+    layer.set_rank(b)
+    torch.testing.assert_close(layer.eval()(x), plain, atol=1e-6, rtol=1e-6)  # grid evaluation: P dropped
+    torch.testing.assert_close(layer.delta_weight(b), (16.0 / b) * bm @ a, atol=1e-6, rtol=1e-6)  # export/merge
+    if b < 8:  # set_rank(b) in training mode too (only rank r_max is the Matryoshka mean)
+        torch.testing.assert_close(layer.train()(x), plain, atol=1e-6, rtol=1e-6)
+
+
+def test_matryoshka_rejects_the_frozen_prefix_and_a_bad_r_min():
+    with pytest.raises(ValueError, match="frozen_prefix"):
+        NestedLoRALinear(nn.Linear(12, 10), 8, 16, frozen_prefix=True, matryoshka=True)
+    with pytest.raises(ValueError, match="r_min=9"):
+        NestedLoRALinear(nn.Linear(12, 10), 8, 16, matryoshka=True, r_min=9)
+
+
+def test_matryoshka_off_is_the_default_and_adds_nothing(tiny_llama):
+    inject_nested_lora(tiny_llama, ["q_proj"], r_max=4, alpha=8)
+    layer = tiny_llama.model.layers[0].self_attn.q_proj
+    assert layer.matryoshka is False and not hasattr(layer, "matryoshka_p")
+
+
 def test_inject_freezes_base_and_wraps_targets(tiny_llama):
     names = inject_nested_lora(tiny_llama, LORA_TARGETS, r_max=4, alpha=8)
     assert len(names) == 2 * 7

@@ -26,8 +26,11 @@ def attach_adapter(model: nn.Module, kind: str, **options) -> NestedModel:
 
 
 def _attach_nested_lora(model: nn.Module, r_max: int, r_min: int, alpha: float, target_modules: Sequence[str],
-                        dropout: float = 0.0, scale: str = "alpha/b", frozen_prefix: bool = False) -> NestedModel:
-    inject_nested_lora(model, list(target_modules), r_max, alpha, dropout, scale, frozen_prefix)
+                        dropout: float = 0.0, scale: str = "alpha/b", frozen_prefix: bool = False,
+                        matryoshka: bool = False) -> NestedModel:
+    """``matryoshka``: train ranks r_min..r_max together at rank r_max (the caller then draws no rank)."""
+    inject_nested_lora(model, list(target_modules), r_max, alpha, dropout, scale, frozen_prefix,
+                       matryoshka=matryoshka, r_min=r_min)
     return NestedModel({"rank": range(r_min, r_max + 1)}, {"rank": partial(set_rank, model)})  # picklable for ddp_spawn
 
 

@@ -4,6 +4,11 @@ At rank b:  h = W0 x + s(b) * B[:, :b] @ A[:b, :] @ dropout(x),   s(b) = alpha /
 A is (r_max, d_in) kaiming-uniform(a=sqrt(5)), B is (d_out, r_max) zeros, as in LoRA/PEFT. Plain
 LoRA is the fixed-rank case (rank == r_max). The base may be ``nn.Linear`` or bitsandbytes
 ``Linear4bit``: only its forward is called, so weights are never merged while the rank changes.
+
+MatryoshkaLoRA option (``matryoshka=True``): in training mode at rank r_max, one forward trains every
+nested rank through a fixed diagonal between A and B,  delta = B diag(p) A dropout(x),  with
+p_i = (1/|R|) * sum_{b in R, b >= i} s(b) over the training ranks R = r_min..r_max: exactly the mean of
+the rank-b adapters' outputs over R. In eval mode, or at any other rank, it is the plain rank-b LoRA.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ SCALES = ("alpha/b", "alpha/r_max", "alpha/sqrt(b)")
 
 class NestedLoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Module, r_max: int, alpha: float, dropout: float = 0.0,
-                 scale: str = "alpha/b", frozen_prefix: bool = False):
+                 scale: str = "alpha/b", frozen_prefix: bool = False, matryoshka: bool = False, r_min: int = 1):
         super().__init__()
         if r_max <= 0:
             raise ValueError(f"adapter.r_max must be a positive integer, got {r_max}")
@@ -37,6 +42,16 @@ class NestedLoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(self.r_max, self.in_features))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r_max))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        # MatryoshkaLoRA: a plain attribute, so the forward with it off runs exactly the ops it did before.
+        self.matryoshka = bool(matryoshka)
+        if self.matryoshka:
+            if frozen_prefix:
+                raise ValueError("adapter.matryoshka=true trains every rank at once; it cannot be combined "
+                                 "with adapter.frozen_prefix=true (which trains only component b)")
+            if not 1 <= r_min <= self.r_max:
+                raise ValueError(f"adapter.r_min={r_min} must lie in 1..r_max={self.r_max}")
+            # fixed, not trained, not saved: rebuilt from (r_min, r_max, alpha, scale)
+            self.register_buffer("matryoshka_p", self.matryoshka_diagonal(r_min), persistent=False)
 
     def scale(self, b: int) -> float:
         if self.scale_mode == "alpha/b":
@@ -44,6 +59,13 @@ class NestedLoRALinear(nn.Module):
         if self.scale_mode == "alpha/r_max":
             return self.alpha / self.r_max
         return self.alpha / math.sqrt(b)
+
+    def matryoshka_diagonal(self, r_min: int) -> torch.Tensor:
+        """p (r_max,): p_i = (1/|R|) sum_{b in R, b >= i} s(b), R = r_min..r_max, so that
+        B diag(p) A = mean over b in R of s(b) B[:, :b] A[:b] (the mean of the nested adapters)."""
+        s = torch.tensor([self.scale(b) for b in range(r_min, self.r_max + 1)], dtype=torch.float64)
+        tail = s.flip(0).cumsum(0).flip(0)  # tail[j] = sum of s(b) for b >= r_min + j
+        return (torch.cat([tail[:1].expand(r_min - 1), tail]) / len(s)).float()
 
     def set_rank(self, b: int) -> None:
         if not 0 <= b <= self.r_max:
@@ -65,6 +87,10 @@ class NestedLoRALinear(nn.Module):
         out = self.base_layer(x)
         if self.rank == 0:
             return out
+        if self.matryoshka and self.training and self.rank == self.r_max:  # mean of all nested adapters
+            bm = self.lora_B * self.matryoshka_p.to(self.lora_B.dtype)  # B diag(p): the scales are in p
+            delta = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A), bm)
+            return out + delta.to(out.dtype)
         a, bm = self.factors()
         delta = F.linear(F.linear(self.dropout(x).to(a.dtype), a), bm)  # (..., d_out)
         return torch.add(out, delta.to(out.dtype), alpha=self.scale(self.rank))  # out + s * delta, one kernel
@@ -75,7 +101,8 @@ class NestedLoRALinear(nn.Module):
         return self.scale(b) * self.lora_B[:, :b] @ self.lora_A[:b]
 
     def extra_repr(self) -> str:
-        return f"r_max={self.r_max}, rank={self.rank}, alpha={self.alpha}, scale={self.scale_mode}"
+        return (f"r_max={self.r_max}, rank={self.rank}, alpha={self.alpha}, scale={self.scale_mode}"
+                + (", matryoshka=True" if self.matryoshka else ""))
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -85,9 +112,10 @@ def _is_linear(module: nn.Module) -> bool:
 
 def inject_nested_lora(model: nn.Module, target_modules: Sequence[str], r_max: int, alpha: float,
                        dropout: float = 0.0, scale: str = "alpha/b", frozen_prefix: bool = False,
-                       exclude: Sequence[str] = ("lm_head",)) -> list[str]:
+                       exclude: Sequence[str] = ("lm_head",), matryoshka: bool = False, r_min: int = 1) -> list[str]:
     """Wrap every linear whose name ends with one of ``target_modules`` ("all-linear" = every
-    linear but ``exclude``); freeze everything else. Returns the wrapped module names."""
+    linear but ``exclude``); freeze everything else. Returns the wrapped module names.
+    ``matryoshka``: MatryoshkaLoRA training over ranks r_min..r_max (see the module docstring)."""
     targets = list(target_modules) if not isinstance(target_modules, str) else [target_modules]
     names = []
     for name, module in list(model.named_modules()):
@@ -106,7 +134,7 @@ def inject_nested_lora(model: nn.Module, target_modules: Sequence[str], r_max: i
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, leaf)
-        layer = NestedLoRALinear(base, r_max, alpha, dropout, scale, frozen_prefix)
+        layer = NestedLoRALinear(base, r_max, alpha, dropout, scale, frozen_prefix, matryoshka, r_min)
         device = next((p.device for p in base.parameters()), torch.device("cpu"))
         setattr(parent, leaf, layer.to(device))
     return names
