@@ -195,40 +195,12 @@ def _nf4_config(b: DictConfig):
                               bnb_4bit_quant_storage=torch.uint8)
 
 
-def quantize_nf4_(model, compute_dtype, double_quant: bool = True, blocksize: int = 64):
-    """Replace the model's linear maps (not lm_head / tied weights, as transformers) by bitsandbytes
-    Linear4bit holding the same weights in NF4: QLoRA's base, built in memory (no checkpoint on disk)."""
-    import bitsandbytes as bnb
-    import torch
-    from torch import nn
-    from transformers.quantizers.base import get_keys_to_not_convert
-    from transformers.quantizers.quantizers_utils import should_convert_module
-
-    keep = get_keys_to_not_convert(model)
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear) or not should_convert_module(name, keep):
-            continue
-        device = module.weight.device
-        layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
-                                  compute_dtype=compute_dtype, compress_statistics=double_quant, quant_type="nf4",
-                                  quant_storage=torch.uint8, device="meta")
-        layer.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, blocksize=blocksize,
-                                         compress_statistics=double_quant, quant_type="nf4",
-                                         quant_storage=torch.uint8, module=layer).to(device)
-        if module.bias is not None:
-            layer.bias = nn.Parameter(module.bias.data, requires_grad=False)
-        parent_name, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, layer)
-        del module
-    return model
-
-
 def build_base(b: DictConfig, nf4: bool):
     """The frozen base, fresh: from the saved weights (``build: saved``, via load_causal_lm, the path a
     user takes) or built directly on the device from the config (``build: direct``, big random models)."""
     import torch
 
-    from modules.hf_model import load_causal_lm, resolve, torch_dtype
+    from modules.hf_model import load_causal_lm, quantize_nf4_, resolve, torch_dtype
 
     m = b.model
     random_config = OmegaConf.to_container(m.random_config, resolve=True) if m.get("random_config") else None

@@ -368,8 +368,8 @@ def estimate(cfg: DictConfig) -> Estimate:
     warnings = []
     if quantized and counts.unconverted_subclasses:
         warnings.append(f"transformers' BitsAndBytesConfig replaces only exact nn.Linear modules: this model's "
-                        f"{', '.join(counts.unconverted_subclasses)} layers would load unquantized "
-                        f"(the estimate counts them as NF4, i.e. what QLoRA intends)")
+                        f"{', '.join(counts.unconverted_subclasses)} layers load unquantized through plain "
+                        f"from_pretrained; load_causal_lm (modules/hf_model.py) quantizes them, as counted here")
     return Estimate(label, batch, seq, r_max, rank, counts, comp_with_overhead, peak, peak + overhead, gpu_gib,
                     phases, warnings)
 

@@ -29,6 +29,10 @@ def run_task(cfg: DictConfig) -> Any:
     require_int(cfg, "seed")
     require_int(cfg, "trainer.max_steps", minimum=-1)
     paradigm.validate(cfg)  # before anything is loaded or written
+    if task == "train" and cfg.paradigm == "lm":  # the estimate models (Q)LoRA training of a causal LM
+        from experiments.memory import check_fits
+
+        check_fits(cfg)  # a GPU run that cannot fit estimate.gpu_gib stops here (skipped on the CPU)
     if get(cfg, "threads"):
         import torch
 

@@ -5,6 +5,7 @@ exactly what QLoRA/PEFT users load.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,17 +79,22 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", quantization_confi
                    gradient_checkpointing: bool = False, attn_implementation: str | None = "sdpa",
                    random_config: dict | None = None, device_map: Any = None) -> tuple[nn.Module, Any]:
     """(model, tokenizer). With a quantization config the linear weights load as bitsandbytes
-    layers; on CPU they are quantized when placed with ``device_map="cpu"``."""
+    layers; on CPU they are quantized when placed with ``device_map="cpu"``. A 4-bit load quantizes
+    ``nn.Linear`` subclasses too (Falcon's ``FalconLinear``), which transformers alone leaves in bf16."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(name_or_path, random_config)
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    four_bit = bool(getattr(quantization_config, "load_in_4bit", False))
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = device_map if device_map is not None else _default_device_map()
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with _linear_subclasses_quantized() if four_bit else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if four_bit:  # whatever a future transformers leaves unconverted (the patch above may no longer reach it)
+        quantize_unconverted_(model, quantization_config)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -108,3 +114,83 @@ def _default_device_map() -> Any:
 
 def is_quantized(model: nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+# --- NF4 for every linear map, nn.Linear subclasses included ---------------------------------------------
+# transformers (5.24) builds bitsandbytes layers only for modules whose type *is* nn.Linear
+# (integrations/bitsandbytes.py: replace_with_bnb_linear), so Falcon's FalconLinear (a subclass whose
+# forward is the same linear map) would load in bf16: 82 GB for Falcon-40b instead of ~21 GB in NF4.
+def _is_bnb(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("bitsandbytes")
+
+
+@contextlib.contextmanager
+def _linear_subclasses_quantized():
+    """During a 4-bit from_pretrained, show transformers every nn.Linear subclass as nn.Linear on the
+    (empty, meta) model, so those weights are quantized as they stream in: no bf16 copy is ever made on
+    the device (quantizing after the load would first need the whole bf16 model in GPU memory)."""
+    import transformers.integrations as integrations
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    original = integrations.replace_with_bnb_linear
+
+    def replace(model, *args, modules_to_not_convert=None, **kwargs):
+        for name, module in model.named_modules():
+            if (isinstance(module, nn.Linear) and type(module) is not nn.Linear and not _is_bnb(module)
+                    and should_convert_module(name, modules_to_not_convert)):
+                module.__class__ = nn.Linear  # replaced by a Linear4bit right away
+        return original(model, *args, modules_to_not_convert=modules_to_not_convert, **kwargs)
+
+    integrations.replace_with_bnb_linear = replace
+    try:
+        yield
+    finally:
+        integrations.replace_with_bnb_linear = original
+
+
+def quantize_nf4_(model: nn.Module, compute_dtype: torch.dtype, double_quant: bool = True, blocksize: int = 64,
+                  quant_type: str = "nf4", quant_storage: torch.dtype = torch.uint8,
+                  keep: list[str] | None = None) -> nn.Module:
+    """Replace the model's float linear maps, nn.Linear subclasses included, by bitsandbytes Linear4bit
+    holding the same weights quantized exactly as a ``BitsAndBytesConfig`` load does (tests/test_benchmark.py).
+    ``keep``: module names left alone (default: transformers' lm_head / tied weights). Layers already in
+    bitsandbytes are kept."""
+    import bitsandbytes as bnb
+    from transformers.quantizers.base import get_keys_to_not_convert
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    keep = get_keys_to_not_convert(model) if keep is None else keep
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or _is_bnb(module) or not should_convert_module(name, keep):
+            continue
+        device = module.weight.device
+        layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                  compute_dtype=compute_dtype, compress_statistics=double_quant, quant_type=quant_type,
+                                  quant_storage=quant_storage, device="meta")
+        layer.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, blocksize=blocksize,
+                                         compress_statistics=double_quant, quant_type=quant_type,
+                                         quant_storage=quant_storage, module=layer).to(device)
+        if module.bias is not None:
+            layer.bias = nn.Parameter(module.bias.data, requires_grad=False)
+        model.set_submodule(name, layer)
+        del module
+    return model
+
+
+def quantize_unconverted_(model: nn.Module, quantization_config: Any) -> list[str]:
+    """After a 4-bit load: quantize the float linear maps transformers did not convert, with the
+    ``BitsAndBytesConfig``'s settings. Returns their names (empty when transformers converted all)."""
+    from transformers.quantizers.base import get_keys_to_not_convert
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    # what the load itself kept in high precision (lm_head, tied weights, llm_int8_skip_modules, fp32 modules)
+    keep = getattr(getattr(model, "hf_quantizer", None), "modules_to_not_convert", None)
+    keep = list(keep) if keep is not None else get_keys_to_not_convert(model)
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and not _is_bnb(m) and should_convert_module(n, keep)]
+    if names:
+        q = quantization_config
+        quantize_nf4_(model, torch_dtype(q.bnb_4bit_compute_dtype), bool(q.bnb_4bit_use_double_quant),
+                      quant_type=q.bnb_4bit_quant_type, quant_storage=torch_dtype(q.bnb_4bit_quant_storage),
+                      keep=keep)
+    return names

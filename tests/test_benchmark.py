@@ -8,9 +8,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from experiments.benchmark import (VARIANTS, Variant, _family, load_yaml, make_batch, quantize_nf4_,
-                                   saved_activation_bytes, validate)
+from experiments.benchmark import (VARIANTS, Variant, _family, load_yaml, make_batch, saved_activation_bytes,
+                                   validate)
 from experiments.config import ConfigError
+from modules.hf_model import quantize_nf4_
 from tests.conftest import ROOT
 
 TINY = ROOT / "conf" / "benchmark" / "cpu_tiny.yaml"

@@ -91,7 +91,7 @@ def test_multirun_two_ranks_two_seeds_gives_the_aggregated_table(launcher, env, 
 
 
 @pytest.mark.parametrize("override, key, hint", [
-    ("adapter=dora", "adapter", "dylora, lora, lora_svd, none, peft_lora"),
+    ("adapter=dora", "adapter", "dylora, lora, lora_svd, matryoshka_lora, none, peft_lora"),
     ("adapter.r_max=0", "adapter.r_max", ">= 1"),
     ("adapter.eval_ranks=[1,16]", "adapter.eval_ranks[1]", "between 1 and 4"),
     ("model.name_or_path=/no/such/model", "model.name_or_path", "offline alias"),
@@ -110,12 +110,29 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(override, key, hint, trai
     assert all(p.read_bytes() == data for p, data in before.items())
 
 
+def test_gpu_run_that_cannot_fit_stops_before_loading_anything(env, tmp_path):
+    """Falcon-40b at batch 64 x 512 on the 32 GB card the preset targets (estimate.gpu_gib): check_fits
+    fails the train task offline, on a CPU-only machine, before the model is loaded or downloaded."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text("{}")  # an earlier run's file must survive
+    cache = tmp_path / "cache"  # XDG_CACHE_HOME (and the HF hub cache under it): stays empty
+    proc = run(["experiment=qdylora/falcon_40b", "data.batch_size=64", f"hydra.run.dir={run_dir}"],
+               {**env, "XDG_CACHE_HOME": str(cache)}, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: tiiuae/falcon-40b with batch 64 x seq 512"), last
+    assert "GiB > budget estimate.gpu_gib=31.7" in last, last
+    assert (run_dir / "results.json").read_text() == "{}" and not (run_dir / "run_info.json").exists()
+    assert not cache.exists()
+
+
 def test_help_is_fast(env):
     import time
 
     start = time.perf_counter()
     proc = run(["--help"], env)
-    assert proc.returncode == 0 and "adapter: dylora, lora, lora_svd, none, peft_lora" in proc.stdout
+    assert proc.returncode == 0 and "adapter: dylora, lora, lora_svd, matryoshka_lora, none, peft_lora" in proc.stdout
     assert time.perf_counter() - start < 10  # generous for a loaded CI machine; goal is < 3 s
 
 
