@@ -32,7 +32,7 @@ def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def default_metrics(jobs: list[dict[str, Any]]) -> list[str]:
     names = {k for job in jobs for k, v in job["metrics"].items()
-             if isinstance(v, (int, float)) and k.startswith(("test/", "best/", "auc/"))}
+             if isinstance(v, (int, float)) and k.startswith(("test/", "best/", "auc/", "memory/"))}
     return sorted(names)
 
 

@@ -99,13 +99,20 @@ def finish(cfg: DictConfig, paradigm, trainer, module, datamodule, run_dir: Path
     from experiments.results import (markdown_table, plot_submodel_curve, submodel_table, summarize,
                                      write_csv, write_json)
 
+    from experiments.callbacks import PeakMemory, peak_memory_mib, reset_peak_memory
+
     if hasattr(paradigm, "before_eval"):
         paradigm.before_eval(cfg, module)
+    reset_peak_memory(module.device)
     trainer.validate(module, datamodule=datamodule, verbose=False)
     val = dict(trainer.callback_metrics)
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in {**val, **trainer.callback_metrics}.items()}
     metrics.update(summarize(metrics, cfg.eval.metric, cfg.eval.higher_is_better))
+    for callback in trainer.callbacks:
+        if isinstance(callback, PeakMemory):
+            metrics.update(callback.peaks)
+    metrics["memory/eval_peak_mib"] = peak_memory_mib(module.device)  # the grid evaluation just run
     if not trainer.is_global_zero:
         return None
     write_json(run_dir / "results.json", metrics)
@@ -120,6 +127,9 @@ def finish(cfg: DictConfig, paradigm, trainer, module, datamodule, run_dir: Path
     print(f"\nResults per sub-model ({run_dir}):\n{table}")
     if "best/submodel" in metrics:
         print(f"best: {metrics['best/submodel']}  {cfg.eval.metric}={metrics['best/' + cfg.eval.metric]:.4f}")
+    if "memory/train_peak_mib" in metrics:
+        print(f"peak memory ({metrics['memory/kind']}): train {metrics['memory/train_peak_mib']:.0f} MiB, "
+              f"evaluation {metrics['memory/eval_peak_mib']:.0f} MiB")
     for path in exported:
         print(f"exported: {path}")
     finish_wandb(trainer, metrics)

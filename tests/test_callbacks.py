@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import torch
+
+from experiments.callbacks import PeakMemory, peak_memory_mib
+
+CPU = torch.device("cpu")
+
+
+def rss_mib() -> float:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_cpu_peak_memory_sees_an_allocation_above_the_old_peak():
+    before = peak_memory_mib(CPU)
+    extra = before - rss_mib() + 128  # enough to lift the process above its earlier high-water mark
+    block = torch.ones(int(extra * 1024 ** 2) // 4)  # written, so resident
+    after = peak_memory_mib(CPU)
+    assert block[-1] == 1 and after - before > 100
+
+
+def test_peak_memory_callback_reports_train_peak_and_kind():
+    class Module:
+        device = CPU
+
+    callback = PeakMemory()
+    callback.on_fit_start(None, Module())
+    callback.on_fit_end(None, Module())
+    assert callback.peaks["memory/kind"] == "cpu_peak_rss"
+    assert callback.peaks["memory/train_peak_mib"] == peak_memory_mib(CPU)
