@@ -74,7 +74,8 @@ def varying_overrides(jobs: list[dict[str, Any]]) -> list[str]:
 def mean_std(values: list[float]) -> tuple[float, float] | None:
     if not values:
         return None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    # one run has no spread: std is NaN and the cell shows the mean alone (not a misleading ± 0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
 def format_cell(value: Any, digits: int = 4) -> str:
