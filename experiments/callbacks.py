@@ -31,10 +31,12 @@ class PeakMemory(Callback):
     def __init__(self) -> None:
         self.peaks: dict[str, float | str] = {}
 
+    # trainer.strategy.root_device, not pl_module.device: Lightning moves the module back to the CPU when
+    # fit ends, before on_fit_end (a GPU run would otherwise report the CPU's RSS)
     def on_fit_start(self, trainer, pl_module) -> None:
-        reset_peak_memory(pl_module.device)
+        reset_peak_memory(trainer.strategy.root_device)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        device = pl_module.device
+        device = trainer.strategy.root_device
         self.peaks = {"memory/train_peak_mib": peak_memory_mib(device),
                       "memory/kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"}

@@ -79,7 +79,7 @@ def submodel_table(metrics: Mapping[str, float]) -> tuple[list[str], list[list[A
     table: dict[SubModel, dict[str, float]] = {}
     for key, value in metrics.items():
         name, sub = split_metric_key(key)
-        if "/" in name and not name.startswith(("best/", "auc/", "train/")):
+        if "/" in name and not name.startswith(("best/", "auc/", "train/", "memory/")):  # per sub-model only
             table.setdefault(sub, {})[name] = value
     columns = sorted({c for row in table.values() for c in row})
     subs = sorted(table, key=lambda s: s.dims)

@@ -103,7 +103,8 @@ def finish(cfg: DictConfig, paradigm, trainer, module, datamodule, run_dir: Path
 
     if hasattr(paradigm, "before_eval"):
         paradigm.before_eval(cfg, module)
-    reset_peak_memory(module.device)
+    device = trainer.strategy.root_device  # where validate/test run (module.device may still be cpu)
+    reset_peak_memory(device)
     trainer.validate(module, datamodule=datamodule, verbose=False)
     val = dict(trainer.callback_metrics)
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -112,7 +113,7 @@ def finish(cfg: DictConfig, paradigm, trainer, module, datamodule, run_dir: Path
     for callback in trainer.callbacks:
         if isinstance(callback, PeakMemory):
             metrics.update(callback.peaks)
-    metrics["memory/eval_peak_mib"] = peak_memory_mib(module.device)  # the grid evaluation just run
+    metrics["memory/eval_peak_mib"] = peak_memory_mib(device)  # the grid evaluation just run
     if not trainer.is_global_zero:
         return None
     write_json(run_dir / "results.json", metrics)

@@ -1,4 +1,5 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -20,12 +21,11 @@ def test_cpu_peak_memory_sees_an_allocation_above_the_old_peak():
     assert block[-1] == 1 and after - before > 100
 
 
-def test_peak_memory_callback_reports_train_peak_and_kind():
-    class Module:
-        device = CPU
-
+def test_peak_memory_callback_reads_the_strategy_device_not_the_module():
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=CPU))
+    module = SimpleNamespace(device=torch.device("meta"))  # after fit Lightning has moved the module away
     callback = PeakMemory()
-    callback.on_fit_start(None, Module())
-    callback.on_fit_end(None, Module())
+    callback.on_fit_start(trainer, module)
+    callback.on_fit_end(trainer, module)
     assert callback.peaks["memory/kind"] == "cpu_peak_rss"
     assert callback.peaks["memory/train_peak_mib"] == peak_memory_mib(CPU)

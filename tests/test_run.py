@@ -50,7 +50,7 @@ def test_train_writes_a_self_describing_run_folder(trained):
     # peak memory: the process RSS on a CPU (a torch process is >100 MiB; RSS peaks never go down)
     assert results["memory/kind"] == "cpu_peak_rss" and results["memory/train_peak_mib"] > 100
     assert results["memory/eval_peak_mib"] >= results["memory/train_peak_mib"]
-    assert "peak memory (cpu_peak_rss)" in proc.stdout
+    assert "peak memory (cpu_peak_rss)" in proc.stdout and "| full |" not in proc.stdout  # not a sub-model row
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["seed"] == 42 and "commit" in info["git"] and info["packages"]["torch"]
     assert "model=tiny_llama" in info["overrides"]
