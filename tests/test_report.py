@@ -1,6 +1,8 @@
 """Sweep folders -> tables: values, pooling over seeds, paper-table specs, bad specs."""
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -53,3 +55,14 @@ def test_sweep_report_groups_by_what_varies(sweep):
     assert by_setting[("dylora", "")][2] == 2 and by_setting[("dylora", "")][3][0] == pytest.approx(0.3)
     with pytest.raises(ConfigError, match="was not logged by any run"):
         aggregate(load_jobs(sweep), ["val/nope"])
+
+
+@pytest.mark.parametrize("spec", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "table").glob("*.yaml")))
+def test_every_table_spec_composes_and_names_a_metric_the_lm_paradigm_logs(spec):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", [f"table={spec}", "task=report"])
+    t = cfg.table
+    assert t.name == spec and t.rows and t.axis == "rank" and str(t.title)
+    assert re.fullmatch(r"(val|test)/(em|loss|ppl|mc_acc)", t.metric), t.metric
