@@ -121,10 +121,9 @@ class MemoryProbe:
             return self.torch.cuda.max_memory_allocated()
         if self.can_reset:
             return _proc_status("VmHWM")
-        import resource
+        from experiments.memory import process_peak_rss_bytes
 
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale  # cannot be reset
+        return process_peak_rss_bytes()  # cannot be reset
 
     def timing_mode(self) -> None:
         if not self.cuda:

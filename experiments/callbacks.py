@@ -1,9 +1,6 @@
 """Lightning callbacks of the framework (the pure pieces live in modules/)."""
 from __future__ import annotations
 
-import resource
-import sys
-
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -20,8 +17,9 @@ def peak_memory_mib(device: torch.device) -> float:
     """CUDA max allocated since the last reset on a GPU; on a CPU the process's peak RSS so far."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / MIB
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MIB
+    from experiments.memory import process_peak_rss_bytes
+
+    return process_peak_rss_bytes() / MIB
 
 
 class PeakMemory(Callback):

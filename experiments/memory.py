@@ -79,6 +79,15 @@ SHORT_NAMES = {"llama-7b": "huggyllama/llama-7b", "llama-13b": "huggyllama/llama
                "llama2-7b": "meta-llama/Llama-2-7b-hf", "llama2-13b": "meta-llama/Llama-2-13b-hf",
                "falcon-40b": "tiiuae/falcon-40b"}
 
+def process_peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (``ru_maxrss``; it cannot be reset)."""
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 # optimizer _target_ -> (state bytes per trainable parameter, step temporaries in bytes per parameter)
 OPTIMIZERS: dict[str, tuple[int, int]] = {
     "torch.optim.AdamW": (8, 4), "torch.optim.Adam": (8, 4),  # foreach step: one fp32 sqrt(v) temporary
