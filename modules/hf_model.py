@@ -95,6 +95,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", quantization_confi
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if four_bit:  # whatever a future transformers leaves unconverted (the patch above may no longer reach it)
         quantize_unconverted_(model, quantization_config)
+    keep_4bit_differentiable_(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -110,6 +111,27 @@ def _default_device_map() -> Any:
     if torch.cuda.is_available():
         return {"": int(os.environ.get("LOCAL_RANK", 0))}
     return "cpu"
+
+
+def keep_4bit_differentiable_(model: nn.Module) -> nn.Module:
+    """Switch off bitsandbytes' CPU inference repack in every ``Linear4bit`` of ``model``.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50.2 repacks a 4-bit weight in place for a kernel with no
+    autograd the first time the layer runs in eval mode on an input that needs no gradient (every validation
+    does). Every later forward then returns no gradient for the layer's input, so adapters upstream of it get
+    wrong gradients. With the repack off, evaluation and training run the same differentiable kernel.
+    A weight already repacked is converted back. Called wherever a 4-bit model is built."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        state = getattr(module.weight, "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state)
+    return model
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -174,7 +196,7 @@ def quantize_nf4_(model: nn.Module, compute_dtype: torch.dtype, double_quant: bo
             layer.bias = nn.Parameter(module.bias.data, requires_grad=False)
         model.set_submodule(name, layer)
         del module
-    return model
+    return keep_4bit_differentiable_(model)
 
 
 def quantize_unconverted_(model: nn.Module, quantization_config: Any) -> list[str]:
