@@ -35,8 +35,8 @@ def _check_group_choices(argv: list[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from experiments.config import ConfigError
-    from experiments.tasks import run_task
+    from experiments.core.config import ConfigError
+    from experiments.core.tasks import run_task
 
     try:
         return run_task(cfg)

@@ -311,7 +311,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        from data.resumable import resumable_loader
+
+        self.setup()
+        return resumable_loader(self.datasets["train"], self.batch_size, self.seed, self.trainer,
+                                num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                pin_memory=self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -88,7 +88,7 @@ class InstructionDataModule(pl.LightningDataModule):
     def _mc_records(self) -> list[dict]:
         """MC questions, each with its k-shot prompt built from the same subject's shots split."""
         from data.instruct_sources import load_records
-        from experiments.metrics import build_mmlu_prompt
+        from modules.metrics import build_mmlu_prompt
 
         mc = self.mc_eval
         load = lambda split, limit=None: load_records(mc["source"], split, limit=limit, format=mc.get("format"))  # noqa: E731
@@ -161,7 +161,10 @@ class InstructionDataModule(pl.LightningDataModule):
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size, False)
+        from data.resumable import resumable_loader
+
+        return resumable_loader(self.records["train"], self.batch_size, self.seed, self.trainer,
+                                num_workers=self.num_workers, collate_fn=partial(self.collate, with_generation=False))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", False, self.eval_batch_size, False)

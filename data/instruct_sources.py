@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 # Shared with evaluation so that references and predictions are normalised the same way.
-from experiments.metrics import extract_gsm8k_answer
+from modules.metrics import extract_gsm8k_answer
 
 Record = dict[str, Any]
 

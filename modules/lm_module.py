@@ -5,16 +5,17 @@ also carry left-padded prompts: each sub-model greedily generates answers scored
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from experiments.metrics import exact_match, first_answer_line
+from modules.metrics import exact_match, first_answer_line
 from modules.nested_module import NestedModule
+from modules.submodel import NestedModel, Sampler, SubModel
 
 IGNORE_INDEX = -100  # label of prompt and padding tokens
-from modules.submodel import NestedModel, Sampler, SubModel
 
 
 class NestedCausalLM(NestedModule):
@@ -74,3 +75,16 @@ class NestedCausalLM(NestedModule):
                                   eos_token_id=self.tokenizer.eos_token_id)
         texts = self.tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
         return [self.answer_fn(t) for t in texts]
+
+    # --- perplexity of the epoch-mean loss (exp of a mean, not a mean of exps) ------------
+    def on_validation_epoch_end(self) -> None:
+        self._log_perplexities("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_perplexities("test")
+
+    def _log_perplexities(self, split: str) -> None:
+        metrics = self.trainer.callback_metrics
+        for key in [k for k in metrics if k.partition("@")[0] == f"{split}/loss"]:
+            cell = key.partition("@")[2]
+            self.log(f"{split}/ppl" + (f"@{cell}" if cell else ""), math.exp(min(float(metrics[key]), 50.0)))

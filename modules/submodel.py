@@ -19,36 +19,78 @@ class SubModelError(ValueError):
     """A sub-model or space that cannot exist (bad axis, value outside the space...)."""
 
 
+Value = int | str  # an int is a sub-model axis (rank=4); a non-numeric string an evaluation condition
+
+
+def _value(v: object) -> Value:
+    """Integers (and integer strings) stay sub-model values; other strings are condition values."""
+    if isinstance(v, bool):
+        raise SubModelError(f"a sub-model or condition value cannot be a bool, got {v!r}")
+    if isinstance(v, int):
+        return v
+    text = str(v)
+    try:
+        return int(text)
+    except ValueError:
+        if not text or any(c in text for c in ",=@"):
+            raise SubModelError(f"condition value {text!r} must be non-empty and free of ',', '=' and '@'") from None
+        return text
+
+
 @dataclass(frozen=True)
 class SubModel:
-    """One nested sub-model: an immutable, ordered mapping axis -> value."""
+    """One cell of an evaluation grid: an immutable, ordered mapping axis -> value.
 
-    dims: tuple[tuple[str, int], ...]
+    Integer values are nested sub-model axes (``rank=4``, ``depth=6``); string values are evaluation
+    conditions that sit beside them (``testset=ood``, ``condition=snr10_white``): the same sub-model scored
+    on another test set or under a corruption. ``submodel`` / ``condition`` split the two.
+    """
+
+    dims: tuple[tuple[str, Value], ...]
 
     @classmethod
-    def of(cls, mapping: Mapping[str, int] | None = None, **dims: int) -> "SubModel":
+    def of(cls, mapping: Mapping[str, Value] | None = None, **dims: Value) -> "SubModel":
         merged = {**(mapping or {}), **dims}
-        return cls(tuple(sorted((str(k), int(v)) for k, v in merged.items())))
+        return cls(tuple(sorted((str(k), _value(v)) for k, v in merged.items())))
 
     @classmethod
     def parse(cls, key: str) -> "SubModel":
         """Inverse of ``key``: ``"depth=4,width=96"`` -> SubModel(depth=4, width=96)."""
         try:
-            return cls.of({k: int(v) for k, v in (part.split("=") for part in key.split(","))})
+            return cls.of(dict(part.split("=") for part in key.split(",")))
         except ValueError as err:
-            raise SubModelError(f"cannot parse sub-model key {key!r}; expected 'axis=int,...'") from err
+            raise SubModelError(f"cannot parse sub-model key {key!r}; expected 'axis=value,...'") from err
 
-    def __getitem__(self, axis: str) -> int:
+    def __getitem__(self, axis: str) -> Value:
         for name, value in self.dims:
             if name == axis:
                 return value
         raise KeyError(axis)
 
-    def get(self, axis: str, default: int | None = None) -> int | None:
+    def get(self, axis: str, default: Value | None = None) -> Value | None:
         return dict(self.dims).get(axis, default)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Value]:
         return dict(self.dims)
+
+    @property
+    def submodel(self) -> "SubModel":
+        """The nested sub-model part (integer axes)."""
+        return SubModel(tuple(d for d in self.dims if isinstance(d[1], int)))
+
+    @property
+    def condition(self) -> "SubModel":
+        """The evaluation-condition part (string values); empty for the default test set."""
+        return SubModel(tuple(d for d in self.dims if isinstance(d[1], str)))
+
+    def merged(self, other: "SubModel | Mapping[str, Value] | None") -> "SubModel":
+        extra = other.as_dict() if isinstance(other, SubModel) else dict(other or {})
+        return SubModel.of({**self.as_dict(), **extra})
+
+    @property
+    def sort_key(self) -> tuple:
+        """Orders cells by axis, numbers before strings (a plain ``dims`` sort fails on mixed values)."""
+        return tuple((k, isinstance(v, str), v if isinstance(v, str) else f"{v:020d}") for k, v in self.dims)
 
     @property
     def key(self) -> str:
@@ -59,9 +101,11 @@ class SubModel:
         return self.key
 
 
-def metric_key(name: str, sub: SubModel) -> str:
-    """``val/loss`` + SubModel(rank=4) -> ``val/loss@rank=4`` (plain name for a non-nested model)."""
-    return f"{name}@{sub.key}" if sub.dims else name
+def metric_key(name: str, sub: SubModel, condition: SubModel | Mapping[str, Value] | None = None) -> str:
+    """``val/loss`` + SubModel(rank=4) -> ``val/loss@rank=4`` (plain name for a non-nested model);
+    a condition joins the sub-model's axes: ``test/acc@rank=4,testset=ood``."""
+    cell = sub.merged(condition) if condition else sub
+    return f"{name}@{cell.key}" if cell.dims else name
 
 
 def split_metric_key(key: str) -> tuple[str, SubModel]:

@@ -32,10 +32,3 @@ class NestedClassifier(NestedModule):
         x, y = batch
         logits = self.model(x)  # (B, num_labels)
         return {"loss": F.cross_entropy(logits, y), "acc": (logits.argmax(-1) == y).float().mean()}
-
-    # A classifier's loss has no perplexity: skip NestedModule's per-sub-model ppl.
-    def on_validation_epoch_end(self) -> None:
-        pass
-
-    def on_test_epoch_end(self) -> None:
-        pass

@@ -8,20 +8,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from experiments.benchmark import (VARIANTS, Variant, _family, load_yaml, make_batch, saved_activation_bytes,
+from experiments.benchmarks.lora import (VARIANTS, Variant, _family, load_yaml, make_batch, saved_activation_bytes,
                                    validate)
-from experiments.config import ConfigError
+from experiments.core.config import ConfigError
 from modules.hf_model import quantize_nf4_
 from tests.conftest import ROOT
 
 TINY = ROOT / "conf" / "benchmark" / "cpu_tiny.yaml"
-
-
-def _group(group: str, option: str) -> str:
-    """`group=option`, or `+group=option` while conf/config.yaml does not list the group in its defaults."""
-    defaults = OmegaConf.load(ROOT / "conf" / "config.yaml").defaults
-    listed = any(OmegaConf.is_dict(d) and group in d for d in defaults)
-    return f"{group}={option}" if listed else f"+{group}={option}"
 
 
 def _tiny(**overrides):
@@ -40,7 +33,7 @@ def cache(tmp_path, monkeypatch):
 def test_benchmark_task_writes_json_with_every_variant(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    args = ["task=benchmark", _group("benchmark", "cpu_tiny"), "benchmark.steps=2", "benchmark.warmup=1",
+    args = ["task=benchmark", "benchmark=cpu_tiny", "benchmark.steps=2", "benchmark.warmup=1",
             "benchmark.eval_repeats=1", "benchmark.eval_ranks=[1,4,8]", "benchmark.seq_len=32",
             f"hydra.run.dir={run_dir}"]
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True,
@@ -117,7 +110,7 @@ def test_in_memory_nf4_equals_transformers_nf4_load(cache):
 
 
 def _probe():
-    from experiments.benchmark import MemoryProbe
+    from experiments.benchmarks.lora import MemoryProbe
 
     return MemoryProbe("cpu")
 

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import torch
 
-from experiments.callbacks import PeakMemory, peak_memory_mib
+from experiments.core.callbacks import PeakMemory, peak_memory_mib
 
 CPU = torch.device("cpu")
 

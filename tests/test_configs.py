@@ -1,18 +1,22 @@
 """Every experiment preset composes and passes its paradigm's checks (nothing is loaded)."""
-import importlib
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments import lm
-from experiments.config import ConfigError
-from experiments.tasks import PARADIGMS
+from experiments.core import tasks
+from experiments.core.config import ConfigError
+from experiments.paradigms import lm
 from tests.conftest import ROOT
 
 EXPERIMENTS = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix(""))
                      for p in (ROOT / "conf" / "experiment").rglob("*.yaml"))
+
+
+def validate(cfg):
+    """Everything run.py checks before loading anything, less the machine (presets name GPUs)."""
+    return tasks.validate(cfg, machine=False)
 
 
 def compose_cfg(overrides):
@@ -24,8 +28,7 @@ def compose_cfg(overrides):
 def test_experiment_composes_and_validates(experiment):
     cfg = compose_cfg([f"experiment={experiment}"])
     OmegaConf.resolve(cfg.model)  # interpolations resolve
-    paradigm = importlib.import_module(PARADIGMS[cfg.paradigm])
-    paradigm.validate(cfg)
+    assert validate(cfg).name == cfg.paradigm
 
 
 def test_full_scale_presets_name_real_hub_ids():
@@ -49,7 +52,7 @@ def test_matryoshka_preset_composes_and_trains_at_the_largest_rank(experiment):
 
     cfg = compose_cfg([f"experiment={experiment}", "adapter=matryoshka_lora"])
     assert cfg.adapter.kind == "nested_lora" and cfg.adapter.matryoshka is True and cfg.adapter.r_min == 1
-    lm.validate(cfg)
+    validate(cfg)
     sampler = lm.training_sampler(cfg, lm.rank_axes(cfg))  # what build_module uses: no rank is drawn
     assert isinstance(sampler, FixedSampler) and sampler.submodels(3) == [SubModel.of(rank=cfg.adapter.r_max)]
     default = compose_cfg([f"experiment={experiment}"])  # dylora: matryoshka off, the rank is drawn
@@ -71,12 +74,12 @@ def test_matryoshka_preset_composes_and_trains_at_the_largest_rank(experiment):
     (["adapter=matryoshka_lora", "sampling=fixed", "sampling.choice={rank:2}"], "sampling=fixed at rank=2 conflicts"),
     (["adapter=matryoshka_lora", "adapter.frozen_prefix=true"], "cannot be combined with adapter.frozen_prefix"),
     (["adapter.matryoshka=yes"], "adapter.matryoshka must be true or false, got 'yes'"),
-    (["adapter=peft_lora", "+adapter.matryoshka=true"], "adapter.matryoshka=true needs adapter.kind=nested_lora"),
+    (["adapter=peft_lora", "+adapter.matryoshka=true"], "adapter.matryoshka is not an option of adapter; valid options: kind, r_max"),
 ])
 def test_bad_sampling_and_matryoshka_choices_are_one_line_errors(overrides, message):
     cfg = compose_cfg(overrides)
     with pytest.raises(ConfigError, match=message) as err:
-        lm.validate(cfg)
+        validate(cfg)
     assert "\n" not in str(err.value)
 
 
@@ -84,4 +87,4 @@ def test_rank_distribution_options_validate():
     for overrides in (["sampling.distribution=log_uniform"], ["sampling.weights={rank:[8,4,2,1,1,1,1,1]}"],
                       ["sampling=sandwich", "sampling.distribution=log_uniform"],
                       ["adapter=matryoshka_lora", "sampling=fixed"]):
-        lm.validate(compose_cfg(overrides))
+        validate(compose_cfg(overrides))

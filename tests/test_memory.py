@@ -10,8 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from experiments.config import ConfigError
-from experiments.memory import (GIB, KNOWN_CONFIGS, check_fits, count_model, estimate, load_config, nf4_bytes)
+from experiments.core.config import ConfigError
+from experiments.benchmarks.memory import (GIB, KNOWN_CONFIGS, check_fits, count_model, estimate, load_config, nf4_bytes)
 from modules.adapters.nested_lora import inject_nested_lora
 from tests.conftest import LORA_TARGETS, ROOT, tiny_llama_config
 
@@ -210,15 +210,8 @@ def test_falcon_40b_dynamic_rank_64_fits_a_32gb_card_at_batch_1x512():
 
 
 # --- through run.py -----------------------------------------------------------------------------------
-def _group(group: str, option: str) -> str:
-    """`group=option`, or `+group=option` while conf/config.yaml does not list the group in its defaults."""
-    defaults = OmegaConf.load(ROOT / "conf" / "config.yaml").defaults
-    listed = any(OmegaConf.is_dict(d) and group in d for d in defaults)
-    return f"{group}={option}" if listed else f"+{group}={option}"
-
-
 def test_estimate_task_via_run_py(tmp_path):
-    base = [sys.executable, str(ROOT / "run.py"), "task=estimate", "model=falcon_40b", _group("estimate", "default"),
+    base = [sys.executable, str(ROOT / "run.py"), "task=estimate", "model=falcon_40b", "estimate=default",
             "estimate.batch_size=1", "estimate.seq_len=512", "estimate.r_max=64"]
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     ok = subprocess.run([*base, f"hydra.run.dir={tmp_path / 'ok'}"], cwd=ROOT, env=env, capture_output=True,

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from experiments.metrics import (area_under_curve, best_submodel, build_mmlu_prompt, choice_loglik_accuracy,
+from modules.metrics import (area_under_curve, best_submodel, build_mmlu_prompt, choice_loglik_accuracy,
                                  exact_match, extract_gsm8k_answer, first_answer_line, normalize_answer,
                                  perplexity)
 

@@ -19,8 +19,8 @@ R_MAX = 8
 
 def _nf4_base():
     """The tiny random llama of model=tiny_llama, NF4 + double quant from conf/quantization/nf4.yaml,
-    through load_causal_lm as experiments/lm.py builds it (fp32 compute on the CPU)."""
-    from experiments.config import instantiate
+    through load_causal_lm as experiments/paradigms/lm.py builds it (fp32 compute on the CPU)."""
+    from experiments.core.config import instantiate
     from modules.hf_model import load_causal_lm
 
     model_cfg = OmegaConf.load(ROOT / "conf" / "model" / "tiny_llama.yaml")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.config import ConfigError
-from experiments.report import aggregate, load_jobs
-from experiments.tables import build_table, render
+from experiments.core.config import ConfigError
+from experiments.results.report import aggregate, load_jobs
+from experiments.results.tables import build_table, render
 
 
 def _job(root, num, overrides, metrics):

@@ -124,8 +124,8 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize("override, words", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_a_one_line_config_error(override, words):
-    from experiments.config import ConfigError
-    from experiments.vision import validate
+    from experiments.core.config import ConfigError
+    from experiments.paradigms.vision import validate
 
     with pytest.raises(ConfigError) as err:
         validate(compose([*TINY, override]))
@@ -145,7 +145,7 @@ def test_bad_input_on_the_command_line_exits_with_one_line_and_writes_nothing(ov
 # --- the baselines --------------------------------------------------------------------------
 
 def test_standard_training_trains_only_the_full_model():
-    from experiments.vision import build
+    from experiments.paradigms.vision import build
 
     module, _ = build(compose([*TINY, "nested.method=standard"]))
     assert [s.key for s in module.sampler.submodels(0)] == ["depth=2,width=32"]
@@ -156,7 +156,7 @@ def test_standard_training_trains_only_the_full_model():
 def test_independent_baseline_is_a_separate_small_model_that_only_trains_its_slice(tmp_path):
     import lightning.pytorch as pl
 
-    from experiments.vision import build
+    from experiments.paradigms.vision import build
     from modules.sorted_vit import SortedViT, SortedViTConfig, count_params
     from modules.submodel import SubModel
 
@@ -185,7 +185,7 @@ def test_independent_baseline_is_a_separate_small_model_that_only_trains_its_sli
 def test_independent_slice_init_starts_from_the_full_models_slice():
     import lightning.pytorch as pl
 
-    from experiments.vision import build
+    from experiments.paradigms.vision import build
 
     overrides = [*TINY, "nested.method='depth=1,width=16'", "nested.independent_init=slice"]
     pl.seed_everything(0)
@@ -200,8 +200,8 @@ def test_independent_slice_init_starts_from_the_full_models_slice():
 def test_pretrained_hf_vit_loads_from_a_folder_with_a_new_head(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification
 
-    from experiments.config import ConfigError
-    from experiments.vision import build, validate
+    from experiments.core.config import ConfigError
+    from experiments.paradigms.vision import build, validate
 
     torch.manual_seed(0)
     hf = ViTForImageClassification(ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32,
@@ -228,8 +228,8 @@ def test_pretrained_hf_vit_loads_from_a_folder_with_a_new_head(tmp_path):
 
 
 def test_hub_checkpoint_is_checked_against_its_stated_sizes_before_any_download():
-    from experiments.config import ConfigError
-    from experiments.vision import validate
+    from experiments.core.config import ConfigError
+    from experiments.paradigms.vision import validate
 
     base = ["experiment=sortednet/vit_b16_cifar10"]
     validate(compose(base))  # offline: nothing is fetched to validate
@@ -257,7 +257,7 @@ def test_full_scale_presets_compose_with_the_papers_grid(name, labels):
 # --- the method comparison ------------------------------------------------------------------
 
 def test_pareto_front():
-    from experiments.pareto import pareto_front
+    from experiments.results.pareto import pareto_front
 
     pts = [(1, 0.5), (2, 0.4), (2, 0.7), (3, 0.6), (4, 0.9), (4, 0.8)]
     assert pareto_front(pts) == [(1, 0.5), (2, 0.7), (4, 0.9)]
@@ -278,7 +278,7 @@ def test_two_method_sweep_gives_the_comparison_table_and_pareto_plot(env, tmp_pa
     assert big.rstrip(" |").endswith("–")  # the independent job trained only its own size
     # the same files again, on demand
     (tmp_path / "pareto.png").unlink()
-    again = subprocess.run([sys.executable, "-m", "experiments.pareto", str(tmp_path)], cwd=ROOT, env=env,
+    again = subprocess.run([sys.executable, "-m", "experiments.results.pareto", str(tmp_path)], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (tmp_path / "pareto.png").exists()

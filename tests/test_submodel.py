@@ -17,8 +17,21 @@ def test_key_round_trip_and_order():
 
 
 def test_bad_key_is_a_clear_error():
-    with pytest.raises(SubModelError, match="axis=int"):
-        SubModel.parse("rank=four")
+    with pytest.raises(SubModelError, match="axis=value"):
+        SubModel.parse("rank")
+
+
+def test_conditions_sit_beside_submodel_axes_with_string_values():
+    cell = SubModel.parse("rank=4,testset=ood")
+    assert cell.submodel == SubModel.of(rank=4) and cell.condition == SubModel.of(testset="ood")
+    assert cell["rank"] == 4 and cell["testset"] == "ood"
+    assert metric_key("test/acc", SubModel.of(rank=4), {"testset": "ood"}) == "test/acc@rank=4,testset=ood"
+    assert split_metric_key("test/acc@rank=4,testset=ood") == ("test/acc", cell)
+    assert metric_key("test/acc", SubModel(()), {"testset": "ood"}) == "test/acc@testset=ood"
+    with pytest.raises(SubModelError, match="free of"):
+        SubModel.of(testset="a,b")
+    cells = [SubModel.parse(k) for k in ("rank=8", "rank=2,testset=ood", "rank=2")]
+    assert [c.key for c in sorted(cells, key=lambda c: c.sort_key)] == ["rank=2", "rank=2,testset=ood", "rank=8"]
 
 
 def test_space_grid_largest_smallest():

@@ -1,48 +1,109 @@
-"""Adapters by name. Each attaches itself to a model and returns the nested axes it adds
-(a dynamic-rank adapter adds a ``rank`` axis; no adapter adds none)."""
+"""Adapters behind one contract, found by name (``adapter.kind``).
+
+An ``Adapter`` says, from its options alone (before any model loads), what is wrong with them
+(``check``), which nested axes it adds to training (``axes``, e.g. ``{"rank": [1..8]}``) and which values
+are evaluated (``eval_values``); given a model it attaches itself (``attach`` -> the ``NestedModel`` of its
+axes), may re-factor itself before evaluation (``before_eval``), and exports a sub-model (``export``).
+Adding an adapter is one file defining a subclass, one entry in ``ADAPTERS``, one yaml in conf/adapter/
+and one row in the adapter tests.
+"""
 from __future__ import annotations
 
-from functools import partial
-from typing import Sequence
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
 
 from torch import nn
 
-from modules.adapters.nested_lora import inject_nested_lora, set_rank
-from modules.submodel import NestedModel
+from modules.submodel import NestedModel, SubModel
+
+
+class AdapterError(ValueError):
+    """Adapter options that cannot work; the message is one line naming ``adapter.<key>``."""
+
+
+def option(default: Any = None, *, min: float | None = None, max: float | None = None,  # noqa: A002
+           below: float | None = None) -> Any:
+    """A field of an adapter's options schema: its default and range (``below``: exclusive upper bound).
+    The config checker reads the annotation as the type and these bounds as the range."""
+    return dataclasses.field(default=default, metadata={"min": min, "max": max, "below": below})
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """``adapter=none``: nothing but its kind."""
+    closed: ClassVar[bool] = True
+    kind: str = "none"
+
+
+class Adapter:
+    """The contract; the defaults describe an adapter that adds no axis and exports nothing."""
+
+    kind = ""
+    #: a dataclass naming every option of the adapter's config group (type, default, range)
+    options_schema: type = NoOptions
+    #: option keys that configure the paradigm, not ``attach`` (not passed to it)
+    NOT_ATTACH_OPTIONS: tuple[str, ...] = ("kind", "eval_ranks")
+
+    def check(self, options: Mapping[str, Any], quantized: bool = False) -> None:
+        """Raise AdapterError for options that cannot work (cheap: no model is loaded)."""
+
+    def axes(self, options: Mapping[str, Any]) -> dict[str, list[int]]:
+        """The nested axes this adapter adds to the training space."""
+        return {}
+
+    def eval_values(self, options: Mapping[str, Any]) -> dict[str, list[int]] | None:
+        """Values of its axes to evaluate (None: the training values)."""
+        return None
+
+    def attach(self, model: nn.Module, options: Mapping[str, Any]) -> NestedModel:
+        raise NotImplementedError
+
+    def before_eval(self, model: nn.Module, options: Mapping[str, Any]) -> None:
+        """A chance to re-factor trained weights before the grid evaluation (post-hoc SVD)."""
+
+    def export(self, model: nn.Module, sub: SubModel, folder: Path, options: Mapping[str, Any], *,
+               base_name: str | None = None, merge: bool = False, tokenizer: Any = None) -> list[Path]:
+        """Save sub-model ``sub`` of the adapter into ``folder``; the written paths."""
+        return []
+
+    def attach_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in options.items() if k not in self.NOT_ATTACH_OPTIONS}
+
+
+class FullFineTuning(Adapter):
+    """``adapter=none``: every weight trains, nothing is nested."""
+
+    kind = "none"
+
+    def check(self, options: Mapping[str, Any], quantized: bool = False) -> None:
+        if quantized:
+            raise AdapterError("adapter=none (full fine-tuning) cannot train a quantized base; "
+                               "use quantization=none or an adapter (lora, dylora)")
+
+    def attach(self, model: nn.Module, options: Mapping[str, Any]) -> NestedModel:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return NestedModel({}, {})
+
+
+def _registry() -> dict[str, Adapter]:
+    from modules.adapters.lora import NestedLoRA, PeftLoRA
+
+    return {a.kind: a for a in (FullFineTuning(), NestedLoRA(), PeftLoRA())}
+
 
 ADAPTERS = ("none", "nested_lora", "peft_lora")
 
 
-def attach_adapter(model: nn.Module, kind: str, **options) -> NestedModel:
-    if kind == "none":  # full fine-tuning: every weight trains, nothing is nested
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return NestedModel({}, {})
-    if kind == "nested_lora":
-        return _attach_nested_lora(model, **options)
-    if kind == "peft_lora":
-        return _attach_peft_lora(model, **options)
-    raise ValueError(f"adapter.kind={kind!r} is not an option; valid choices: {', '.join(ADAPTERS)}")
+def get_adapter(kind: str) -> Adapter:
+    registry = _registry()
+    if kind not in registry:
+        raise AdapterError(f"adapter.kind={kind!r} is not an option; valid choices: {', '.join(registry)}")
+    return registry[kind]
 
 
-def _attach_nested_lora(model: nn.Module, r_max: int, r_min: int, alpha: float, target_modules: Sequence[str],
-                        dropout: float = 0.0, scale: str = "alpha/b", frozen_prefix: bool = False,
-                        matryoshka: bool = False) -> NestedModel:
-    """``matryoshka``: train ranks r_min..r_max together at rank r_max (the caller then draws no rank)."""
-    inject_nested_lora(model, list(target_modules), r_max, alpha, dropout, scale, frozen_prefix,
-                       matryoshka=matryoshka, r_min=r_min)
-    return NestedModel({"rank": range(r_min, r_max + 1)}, {"rank": partial(set_rank, model)})  # picklable for ddp_spawn
-
-
-def _attach_peft_lora(model: nn.Module, r_max: int, alpha: float, target_modules: Sequence[str],
-                      dropout: float = 0.0) -> NestedModel:
-    """PEFT's own LoRA (QLoRA on a 4-bit base): the peer baseline, one fixed rank."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    inject_adapter_in_model(LoraConfig(r=r_max, lora_alpha=alpha, lora_dropout=dropout,
-                                       target_modules=list(target_modules)), model)
-    return NestedModel({"rank": [r_max]}, {"rank": _fixed_rank})
-
-
-def _fixed_rank(b: int) -> None:
-    """Setter of a one-value axis: nothing to switch (the grid only holds that value)."""
+def attach_adapter(model: nn.Module, kind: str, **options: Any) -> NestedModel:
+    """Attach adapter ``kind`` with ``options`` (the ``adapter`` config group less ``kind``)."""
+    adapter = get_adapter(kind)
+    return adapter.attach(model, adapter.attach_options(options))

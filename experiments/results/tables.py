@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from experiments.config import ConfigError
-from experiments.report import format_cell, load_jobs, mean_std
+from experiments.core.config import ConfigError
+from experiments.results.sweep import format_cell, load_jobs, mean_std
 from modules.submodel import split_metric_key
 
 
@@ -53,7 +53,7 @@ def render(header: list[str], rows: list[list[Any]], fmt: str = "md", digits: in
 
 def table_task(cfg, sweep_dirs: Sequence[str]) -> str:
     """Write ``<name>.md``, ``.tex`` and ``.csv`` of the ``table`` spec into the first sweep folder."""
-    from experiments.results import write_csv
+    from experiments.results.files import write_csv
 
     spec = cfg.table
     for key in ("name", "metric", "rows", "axis"):

@@ -36,7 +36,7 @@ def sweep_group() -> str | None:
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    from experiments.config import instantiate
+    from experiments.core.config import instantiate
 
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():

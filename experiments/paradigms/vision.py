@@ -26,10 +26,13 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from experiments.config import ConfigError, get, instantiate, require_int
+import dataclasses
+from typing import ClassVar, Literal, Optional, Union
 
-PLOT_METRICS = ("test/acc", "test/loss")
-METHODS = ("sorted", "standard")  # or a sub-network key: an independently trained small model
+from experiments.core.config import ConfigError, get, instantiate, require_int
+from experiments.core.schema import opt
+from experiments.paradigms.base import Paradigm
+from experiments.results.pareto import METHODS, method_label
 MODEL_KEYS_NOT_CONFIG = ("name_or_path",)  # model.* keys that are not SortedViTConfig fields
 # Sizes a pretrained checkpoint fixes; model.* may state them so nested.axes is checked before a download.
 CHECKPOINT_SIZES = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
@@ -57,11 +60,6 @@ def method_of(cfg: DictConfig):
             pass
     raise ConfigError(f"nested.method={method!r} is not an option; valid choices: sorted, standard, or a "
                       "sub-network key such as 'depth=1,width=16' (an independently trained small model)")
-
-
-def method_label(method_value: Any) -> str:
-    """The training method a ``nested.method`` value stands for: sorted, standard or independent."""
-    return str(method_value) if method_value in METHODS else "independent"
 
 
 def _data_shape(cfg: DictConfig) -> tuple[tuple[int, int, int] | None, int | None]:
@@ -209,17 +207,17 @@ def validate(cfg: DictConfig) -> None:
         require_int(cfg, key, minimum=1)
     if get(cfg, "data.eval_batch_size") is not None:
         require_int(cfg, "data.eval_batch_size", minimum=1)
-    for key, minimum in (("eval.latency.batch_size", 1), ("eval.latency.warmup", 0), ("eval.latency.repeats", 0)):
+    for key, minimum in (("latency.batch_size", 1), ("latency.warmup", 0), ("latency.repeats", 0)):
         if get(cfg, key) is not None:
             require_int(cfg, key, minimum=minimum)
-    device = get(cfg, "eval.latency.device", "auto")
+    device = get(cfg, "latency.device", "auto")
     if device not in LATENCY_DEVICES:
-        raise ConfigError(f"eval.latency.device={device!r} is not an option; valid choices: {', '.join(LATENCY_DEVICES)}")
+        raise ConfigError(f"latency.device={device!r} is not an option; valid choices: {', '.join(LATENCY_DEVICES)}")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("eval.latency.device=cuda but no CUDA device is available; valid choices here: auto, cpu")
+            raise ConfigError("latency.device=cuda but no CUDA device is available; valid choices here: auto, cpu")
     shape, classes = _data_shape(cfg)
     vit_cfg = model_config(cfg, shape, classes)
     if vit_cfg is not None and shape is not None and get(cfg, "model.name_or_path"):
@@ -319,7 +317,7 @@ def build(cfg: DictConfig):
 def latency_device(cfg: DictConfig):
     import torch
 
-    want = get(cfg, "eval.latency.device", "auto")
+    want = get(cfg, "latency.device", "auto")
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()
                           and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
         return torch.device("cuda")
@@ -367,10 +365,10 @@ def cost_metrics(cfg: DictConfig, model, grid) -> dict[str, float]:
         for sub in grid:
             out[metric_key("params", sub)] = count_params(model, sub)
             out[metric_key("macs", sub)] = count_flops(model, sub)
-            if get(cfg, "eval.latency.repeats", 20) > 0:
+            if get(cfg, "latency.repeats", 20) > 0:
                 out[metric_key("latency_ms", sub)] = measure_latency_ms(
-                    model, sub, get(cfg, "eval.latency.batch_size", 1), get(cfg, "eval.latency.warmup", 3),
-                    get(cfg, "eval.latency.repeats", 20), device, autocast)
+                    model, sub, get(cfg, "latency.batch_size", 1), get(cfg, "latency.warmup", 3),
+                    get(cfg, "latency.repeats", 20), device, autocast)
     finally:
         model.to(old_device).train(was_training)
     return out
@@ -436,8 +434,8 @@ def export_submodels(cfg: DictConfig, model, metrics: Mapping[str, Any], grid, r
 
 
 def after_eval(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
-    from experiments.pareto import plot_run
-    from experiments.results import markdown_table, write_csv
+    from experiments.results.pareto import plot_run
+    from experiments.results.files import markdown_table, write_csv
 
     grid, model = module.eval_grid, module.model
     metrics.update(cost_metrics(cfg, model, grid))
@@ -455,3 +453,48 @@ def after_eval(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Pa
     if plot:
         written.append(plot)
     return written + export_submodels(cfg, model, metrics, grid, run_dir)
+
+
+# --- the paradigm ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class NestedSchema:
+    closed: ClassVar[bool] = True
+    method: str = "sorted"
+    axes: Optional[dict] = None
+    eval_grid: Union[None, str, dict, list] = None
+    independent_init: Literal["random", "slice"] = "random"
+
+
+@dataclasses.dataclass
+class LatencySchema:
+    closed: ClassVar[bool] = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = opt(1, min=1)
+    warmup: int = opt(3, min=0)
+    repeats: int = opt(20, min=0)
+
+
+@dataclasses.dataclass
+class DataSchema:
+    closed: ClassVar[bool] = False
+    batch_size: int = opt(64, min=1)
+    eval_batch_size: Optional[int] = opt(None, min=1)
+    image_size: Optional[int] = opt(None, min=1)
+    num_workers: int = opt(0, min=0)
+
+
+class VisionParadigm(Paradigm):
+    name = "vision"
+    PLOT_METRICS = ("test/acc", "test/loss")
+
+    def schemas(self, cfg: DictConfig) -> dict[str, type]:
+        return {"nested": NestedSchema, "latency": LatencySchema, "data": DataSchema}
+
+    def validate(self, cfg: DictConfig) -> None:
+        validate(cfg)
+
+    def build(self, cfg: DictConfig):
+        return build(cfg)
+
+    def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
+        return after_eval(cfg, module, metrics, run_dir)

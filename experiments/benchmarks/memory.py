@@ -51,7 +51,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import ConfigError, get, require_int, require_number
+from experiments.core.config import ConfigError, get, require_int, require_number
 
 GIB = 1024 ** 3
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -78,15 +78,6 @@ KNOWN_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 SHORT_NAMES = {"llama-7b": "huggyllama/llama-7b", "llama-13b": "huggyllama/llama-13b",
                "llama2-7b": "meta-llama/Llama-2-7b-hf", "llama2-13b": "meta-llama/Llama-2-13b-hf",
                "falcon-40b": "tiiuae/falcon-40b"}
-
-def process_peak_rss_bytes() -> int:
-    """The process's peak resident set size so far (``ru_maxrss``; it cannot be reset)."""
-    import resource
-    import sys
-
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
 
 # optimizer _target_ -> (state bytes per trainable parameter, step temporaries in bytes per parameter)
 OPTIMIZERS: dict[str, tuple[int, int]] = {
@@ -413,7 +404,7 @@ def check_fits(cfg: DictConfig, force: bool = False) -> Estimate | None:
 
 
 def format_report(est: Estimate) -> str:
-    from experiments.results import markdown_table
+    from experiments.results.files import markdown_table
 
     c = est.counts
     head = (f"Memory estimate: {est.model} ({c.arch}, {c.base_params / 1e9:.2f} B base parameters, "
@@ -428,8 +419,8 @@ def format_report(est: Estimate) -> str:
 
 def estimate_task(cfg: DictConfig) -> float:
     """task=estimate: print the table, write estimate.json / estimate.md, fail (exit 2) if it does not fit."""
-    from experiments.results import write_json
-    from experiments.tasks import run_dir_of
+    from experiments.results.files import write_json
+    from experiments.core.runtime import run_dir_of
 
     est = estimate(cfg)
     report = format_report(est)

@@ -5,7 +5,7 @@ becomes one table (rows = sub-networks by MACs, a column per method) and one plo
 MACs, a colour per method, its Pareto front drawn as a line). Jobs that differ only in the seed
 are averaged. Written into the sweep folder as ``comparison.md``/``.csv`` and ``pareto.png``:
 by the Hydra callback ``ParetoCallback`` when a multirun ends (the SortedNet presets enable it)
-or on demand with ``python -m experiments.pareto <sweep folder>`` (Hydra does not call the
+or on demand with ``python -m experiments.results.pareto <sweep folder>`` (Hydra does not call the
 callback when a job fails).
 """
 from __future__ import annotations
@@ -19,8 +19,14 @@ from hydra.experimental.callback import Callback
 
 from modules.submodel import SubModel, metric_key, split_metric_key
 
+METHODS = ("sorted", "standard")  # nested.method values; anything else is an independently trained small model
 METHOD_ORDER = ("sorted", "standard", "independent")
 IGNORED_LABEL_KEYS = ("nested.method", "seed")  # swept keys that do not make a method of their own
+
+
+def method_label(method_value: Any) -> str:
+    """The training method a ``nested.method`` value stands for: sorted, standard or independent."""
+    return str(method_value) if method_value in METHODS else "independent"
 
 
 def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -76,7 +82,6 @@ def _finish(ax, metric: str, title: str) -> None:
 # --- a sweep folder -------------------------------------------------------------------------
 def job_label(job: Mapping[str, Any], varying: Sequence[str]) -> str:
     """``sorted``, ``standard`` or ``independent``, plus any other swept key (seeds excluded)."""
-    from experiments.vision import method_label
 
     method = job["metrics"].get("method") or method_label(job["overrides"].get("nested.method", "sorted"))
     extra = [f"{k}={job['overrides'][k]}" for k in varying
@@ -86,8 +91,8 @@ def job_label(job: Mapping[str, Any], varying: Sequence[str]) -> str:
 
 def collect(sweep_dir: str | Path, metric: str = "test/acc") -> list[dict[str, Any]]:
     """Rows {method, submodel, macs, params, latency_ms, score, std, n}: one per method and sub-network."""
-    from experiments.config import ConfigError
-    from experiments.report import load_jobs, varying_overrides
+    from experiments.core.config import ConfigError
+    from experiments.results.sweep import load_jobs, varying_overrides
 
     jobs = load_jobs(Path(sweep_dir))
     if not jobs:
@@ -174,7 +179,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path, metric: str = "tes
 
 def write_comparison(sweep_dir: str | Path, metric: str = "test/acc") -> list[Path]:
     """comparison.md / comparison.csv / pareto.png in the sweep folder."""
-    from experiments.results import write_csv
+    from experiments.results.files import write_csv
 
     sweep = Path(sweep_dir)
     rows = collect(sweep, metric)

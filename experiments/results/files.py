@@ -13,7 +13,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from modules.submodel import SubModel, split_metric_key
 
@@ -48,29 +48,38 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def write_run_info(run_dir: Path, seed: int, overrides: list[str]) -> None:
+def write_run_info(run_dir: Path, seed: int, overrides: list[str], init_from: dict | None = None) -> None:
+    """``init_from``: the earlier run this one starts from (a stage), as ``apply_init_from`` describes it."""
     info = {
-        "git": git_state(Path(__file__).resolve().parent.parent),
+        "git": git_state(Path(__file__).resolve().parents[2]),
         "packages": package_versions(),
         "python": sys.version.split()[0], "platform": platform.platform(),
         "seed": seed, "overrides": overrides, "argv": sys.argv,
     }
+    if init_from:
+        info["init_from"] = init_from
     write_json(run_dir / "run_info.json", info)
 
 
 def summarize(metrics: Mapping[str, float], metric: str, higher_is_better: bool = True) -> dict[str, Any]:
-    """Best sub-model by ``metric`` and the area under the metric curve over the first axis."""
-    from experiments.metrics import area_under_curve
+    """Best sub-model by ``metric`` and the area under the metric curve over the first axis, per evaluation
+    condition (``best/submodel@testset=ood``; plain keys for the default test set)."""
+    from modules.metrics import area_under_curve
 
-    per_sub = {sub: v for k, v in metrics.items() for name, sub in [split_metric_key(k)] if name == metric}
-    if not per_sub:
-        return {}
+    by_condition: dict[SubModel, dict[SubModel, float]] = {}
+    for key, value in metrics.items():
+        name, cell = split_metric_key(key)
+        if name == metric:
+            by_condition.setdefault(cell.condition, {})[cell.submodel] = value
     pick = max if higher_is_better else min
-    best = pick(per_sub, key=per_sub.get)
-    summary: dict[str, Any] = {"best/submodel": best.key, f"best/{metric}": per_sub[best]}
-    if best.dims and len(best.dims) == 1 and len(per_sub) > 1:
-        points = sorted((s.dims[0][1], v) for s, v in per_sub.items())
-        summary[f"auc/{metric}"] = area_under_curve([p[0] for p in points], [p[1] for p in points])
+    summary: dict[str, Any] = {}
+    for condition, per_sub in sorted(by_condition.items(), key=lambda kv: kv[0].sort_key):
+        at = f"@{condition.key}" if condition.dims else ""
+        best = pick(per_sub, key=per_sub.get)
+        summary[f"best/submodel{at}"], summary[f"best/{metric}{at}"] = best.key, per_sub[best]
+        if best.dims and len(best.dims) == 1 and len(per_sub) > 1:
+            points = sorted((s.dims[0][1], v) for s, v in per_sub.items())
+            summary[f"auc/{metric}{at}"] = area_under_curve([p[0] for p in points], [p[1] for p in points])
     return summary
 
 
@@ -82,9 +91,21 @@ def submodel_table(metrics: Mapping[str, float]) -> tuple[list[str], list[list[A
         if "/" in name and not name.startswith(("best/", "auc/", "train/", "memory/")):  # per sub-model only
             table.setdefault(sub, {})[name] = value
     columns = sorted({c for row in table.values() for c in row})
-    subs = sorted(table, key=lambda s: s.dims)
+    subs = sorted(table, key=lambda s: s.sort_key)
     header = ["submodel", *columns]
     return header, [[s.key or "full", *[table[s].get(c) for c in columns]] for s in subs]
+
+
+def write_results(run_dir: Path, metrics: Mapping[str, Any], plot_metrics: Sequence[str]) -> str:
+    """results.json, the per-cell table (results.md / .csv) and the metric-vs-sub-model plot; the table."""
+    write_json(run_dir / "results.json", metrics)
+    header, rows = submodel_table(metrics)
+    table = markdown_table(header, rows)
+    (run_dir / "results.md").write_text(table + "\n")
+    write_csv(run_dir / "results.csv", header, rows)
+    plot_submodel_curve(metrics, [n for n in plot_metrics if any(k.startswith(n) for k in metrics)],
+                        run_dir / "results.png")
+    return table
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -115,12 +136,13 @@ def plot_submodel_curve(metrics: Mapping[str, float], names: list[str], path: Pa
     series = {}
     for name in names:
         pts = sorted((sub.dims[0][1], v) for k, v in metrics.items() for n, sub in [split_metric_key(k)]
-                     if n == name and len(sub.dims) == 1)
+                     if n == name and len(sub.dims) == 1 and not sub.condition.dims)
         if pts:
             series[name] = pts
     if not series:
         return None
-    axis = next(split_metric_key(k)[1].dims[0][0] for k in metrics if "@" in k)
+    axis = next(split_metric_key(k)[1].dims[0][0] for k in metrics
+                if "@" in k and split_metric_key(k)[0] in series)
     fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.2), squeeze=False)
     for ax, (name, pts) in zip(axes[0], series.items()):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")

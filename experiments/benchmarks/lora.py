@@ -64,7 +64,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import ConfigError, get, int_list, require_choice, require_int, require_number
+from experiments.core.config import ConfigError, get, int_list, require_choice, require_int, require_number
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MIB = 1024 ** 2
@@ -121,7 +121,7 @@ class MemoryProbe:
             return self.torch.cuda.max_memory_allocated()
         if self.can_reset:
             return _proc_status("VmHWM")
-        from experiments.memory import process_peak_rss_bytes
+        from experiments.core.callbacks import process_peak_rss_bytes
 
         return process_peak_rss_bytes()  # cannot be reset
 
@@ -670,7 +670,7 @@ def _machine(device: str) -> dict[str, Any]:
 
 
 def format_tables(result: dict[str, Any]) -> str:
-    from experiments.results import markdown_table
+    from experiments.results.files import markdown_table
 
     s = result["setup"]
     head = (f"Benchmark: {result['model']} on {s['device']}, batch {s['batch_size']} x seq {s['seq_len']}, "
@@ -710,8 +710,8 @@ def benchmark_node(cfg: DictConfig) -> DictConfig:
 
 def benchmark_task(cfg: DictConfig) -> dict[str, Any]:
     """task=benchmark: run, print the tables, write benchmark.json and benchmark.md in the run folder."""
-    from experiments.results import write_json
-    from experiments.tasks import run_dir_of
+    from experiments.results.files import write_json
+    from experiments.core.runtime import run_dir_of
 
     b = benchmark_node(cfg)
     validate(b)
@@ -733,14 +733,14 @@ def load_yaml(path: Path) -> DictConfig:
 
 def main(argv: list[str]) -> None:
     """Without Hydra (e.g. on a GPU image that lacks it):
-    ``python -m experiments.benchmark conf/benchmark/gpu_llama2_7b.yaml [key=value ...] [out=DIR]``."""
+    ``python -m experiments.benchmarks.lora conf/benchmark/gpu_llama2_7b.yaml [key=value ...] [out=DIR]``."""
     if not argv:
         sys.exit(main.__doc__)
     b = OmegaConf.merge(load_yaml(Path(argv[0])),
                         OmegaConf.from_dotlist([a for a in argv[1:] if not a.startswith("out=")]))
     out = Path(next((a[4:] for a in argv[1:] if a.startswith("out=")), os.environ.get("OUT", ".")))
     out.mkdir(parents=True, exist_ok=True)
-    from experiments.results import write_json
+    from experiments.results.files import write_json
 
     try:
         result = run_benchmark(b)

@@ -1,0 +1,215 @@
+"""One schema per config group: every option checked for type and range before anything heavy loads.
+
+A schema is a dataclass whose fields are the group's options: the annotation is the type (``int``,
+``float``, ``bool``, ``str``, ``Optional[...]``, ``list[int]``, ``Literal[...]`` choices, ``Any``) and
+``opt(min=, max=, below=)`` gives the range. A ``closed`` schema also rejects keys it does not know (a
+typo in ``adapter.dropuot`` is an error, not a silently ignored option); an open one (``trainer``: any
+Lightning Trainer argument) checks only the options it names. ``check(cfg, "adapter", LoraSchema)``
+raises ``ConfigError`` with one line naming the key, the bad value and the valid choices.
+
+The core groups are here; each paradigm adds the schemas of its own groups (``Paradigm.schemas``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, ClassVar, Literal, Optional, Union
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from experiments.core.config import ConfigError
+
+META_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
+
+
+def opt(default: Any = None, *, min: float | None = None, max: float | None = None,  # noqa: A002
+        below: float | None = None) -> Any:
+    """A schema field: ``min``/``max`` inclusive bounds, ``below`` an exclusive upper bound."""
+    return dataclasses.field(default=default, metadata={"min": min, "max": max, "below": below})
+
+
+# --- the checker ------------------------------------------------------------------------------------
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is Union:
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _choices(tp: Any) -> list[str] | None:
+    """The values of a Literal (also inside Optional), as a user types them."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return [str(a) for a in args]
+    if origin is Union:
+        inner = [c for a in args for c in (_choices(a) or [])]
+        return inner or None
+    return None
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin is Literal:
+        return value in args
+    if origin is Union:
+        return any(_matches(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig)) and all(_matches(v, args[0]) for v in value) if args \
+            else isinstance(value, (list, tuple, ListConfig))
+    if origin is dict or tp is dict:
+        return isinstance(value, (dict, DictConfig))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return isinstance(value, tp)
+
+
+def _check_range(key: str, value: Any, meta: dict) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
+    if lo is not None and value < lo or hi is not None and value > hi or below is not None and value >= below:
+        parts = ([f">= {lo}"] if lo is not None else []) + ([f"<= {hi}"] if hi is not None else []) + \
+                ([f"< {below}"] if below is not None else [])
+        raise ConfigError(f"{key} must be {' and '.join(parts)}, got {value!r}")
+
+
+def check(cfg: DictConfig, group: str, schema: type) -> None:
+    """Check the options of ``cfg.<group>`` against ``schema`` (see the module docstring)."""
+    node = OmegaConf.select(cfg, group)
+    if node is None:
+        return
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{group} must be a group of options, got {node!r}")
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for name, field in fields.items():
+        if name not in node:
+            continue
+        key = f"{group}.{name}"
+        try:
+            value = OmegaConf.to_container(node, resolve=True)[name] if OmegaConf.is_config(node[name]) \
+                else node[name]
+        except Exception as err:  # an interpolation that cannot resolve
+            raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
+        if not _matches(value, hints[name]):
+            choices = _choices(hints[name])
+            if choices is not None and isinstance(value, str):
+                raise ConfigError(f"{key}={value!r} is not an option; valid choices: {', '.join(choices)}")
+            raise ConfigError(f"{key} must be {_describe(hints[name])}, got {value!r}")
+        _check_range(key, value, dict(field.metadata))
+    if getattr(schema, "closed", False):
+        unknown = [k for k in node if k not in fields and k not in META_KEYS]
+        if unknown:
+            raise ConfigError(f"{group}.{unknown[0]} is not an option of {group}; valid options: "
+                              f"{', '.join(fields)}")
+
+
+def check_all(cfg: DictConfig, schemas: dict[str, type]) -> None:
+    for group, schema in schemas.items():
+        check(cfg, group, schema)
+
+
+# --- core groups (every paradigm) ----------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainerSchema:
+    """The options of Lightning's Trainer that users change most; any other Trainer argument passes."""
+    closed: ClassVar[bool] = False
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"] = "cpu"
+    devices: Union[int, str, list[int]] = 1
+    strategy: Optional[str] = None
+    num_nodes: int = opt(1, min=1)
+    precision: Union[str, int] = "32-true"
+    max_steps: int = opt(-1, min=-1)
+    max_epochs: Optional[int] = opt(None, min=-1)
+    accumulate_grad_batches: int = opt(1, min=1)
+    gradient_clip_val: Optional[float] = opt(None, min=0)
+    val_check_interval: Optional[float] = opt(None, min=0)
+    check_val_every_n_epoch: Optional[int] = opt(1, min=1)
+    num_sanity_val_steps: int = opt(0, min=-1)
+    log_every_n_steps: int = opt(50, min=1)
+    enable_progress_bar: Optional[bool] = None
+    deterministic: Union[bool, str] = False
+
+
+@dataclasses.dataclass
+class OptimizerSchema:
+    closed: ClassVar[bool] = False  # optimizers differ in their arguments; the common ones are checked
+    lr: float = opt(1e-3, min=0)
+    weight_decay: float = opt(0.0, min=0)
+    eps: float = opt(1e-8, min=0)
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = opt(0.0, min=0)
+
+
+@dataclasses.dataclass
+class SchedulerSchema:
+    closed: ClassVar[bool] = True
+    name: Optional[Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                           "polynomial", "inverse_sqrt"]] = None
+    warmup_ratio: float = opt(0.0, min=0, max=1)
+
+
+@dataclasses.dataclass
+class CheckpointSchema:
+    closed: ClassVar[bool] = True
+    every_n_steps: int = opt(50, min=1)
+    resume: bool = True
+
+
+@dataclasses.dataclass
+class EvalSchema:
+    closed: ClassVar[bool] = False  # a paradigm's eval group adds its own keys (schema of its own)
+    ckpt_path: Optional[str] = None
+    metric: str = "test/loss"
+    higher_is_better: bool = True
+
+
+@dataclasses.dataclass
+class ExportSchema:
+    closed: ClassVar[bool] = False
+    submodels: list[str] = dataclasses.field(default_factory=list)
+    dir: str = "exports"
+
+
+@dataclasses.dataclass
+class RootSchema:
+    closed: ClassVar[bool] = False
+    seed: int = 42
+    threads: Optional[int] = opt(None, min=1)
+    init_from: Optional[str] = None
+
+
+CORE_SCHEMAS: dict[str, type] = {"trainer": TrainerSchema, "optimizer": OptimizerSchema,
+                                 "scheduler": SchedulerSchema, "checkpoint": CheckpointSchema,
+                                 "eval": EvalSchema, "export": ExportSchema}
+
+
+def check_core(cfg: DictConfig) -> None:
+    root = OmegaConf.create({"root": {k: cfg.get(k) for k in ("seed", "threads", "init_from") if k in cfg}})
+    try:
+        check(root, "root", RootSchema)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("root.", "", 1)) from None
+    if isinstance(cfg.get("optimizer"), DictConfig) and all(isinstance(v, DictConfig) for v in cfg.optimizer.values()):
+        for name in cfg.optimizer:  # several named optimizers (a GAN's generator and critic)
+            check(cfg, f"optimizer.{name}", OptimizerSchema)
+        schemas = {k: v for k, v in CORE_SCHEMAS.items() if k != "optimizer"}
+    else:
+        schemas = CORE_SCHEMAS
+    check_all(cfg, schemas)

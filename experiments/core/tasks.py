@@ -1,0 +1,63 @@
+"""Tasks that run.py dispatches. Each checks its config first, then hands over.
+
+``train`` and ``eval`` belong to the paradigm named by ``paradigm`` (experiments/paradigms/): the group
+schemas (core + the paradigm's own) and the paradigm's ``validate`` run before anything loads or is written,
+then the paradigm's ``run`` (or ``evaluate_checkpoint``) does the work. The other tasks stand alone.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from omegaconf import DictConfig
+
+from experiments.core.config import ConfigError, get, require_choice
+
+# Tasks that need no training paradigm: "module:function".
+STANDALONE = {"report": "experiments.results.report:report_task",
+              "estimate": "experiments.benchmarks.memory:estimate_task",
+              "benchmark": "experiments.benchmarks.lora:benchmark_task"}
+TASKS = ("train", "eval", *STANDALONE)
+
+
+def run_task(cfg: DictConfig) -> Any:
+    task = require_choice(cfg, "task", TASKS)
+    if task in STANDALONE:
+        module, _, function = STANDALONE[task].partition(":")
+        return getattr(importlib.import_module(module), function)(cfg)
+    from experiments.core.runtime import RunContext
+
+    paradigm = validate(cfg, task)
+    if get(cfg, "threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    ctx = RunContext.from_hydra(cfg)
+    return paradigm.run(ctx) if task == "train" else paradigm.evaluate_checkpoint(ctx)
+
+
+def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
+    """Every check that needs no model or data: schemas, the paradigm's own checks, and (``machine``) what
+    this machine can do (an accelerator, GPU memory). Returns the paradigm."""
+    from experiments import paradigms
+    from experiments.core.schema import check_all, check_core
+
+    paradigm = paradigms.get_paradigm(require_choice(cfg, "paradigm", tuple(paradigms.names())))
+    check_core(cfg)
+    check_all(cfg, paradigm.schemas(cfg))
+    paradigm.validate(cfg)
+    if machine:
+        if task == "train":
+            paradigm.check_resources(cfg)  # first: "does not fit the GPU" is worth knowing on any machine
+        check_accelerator(cfg)
+    return paradigm
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    accelerator = get(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA device; "
+                              "valid choices here: cpu, auto (trainer=cpu)")

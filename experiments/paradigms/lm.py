@@ -1,0 +1,306 @@
+"""The causal-LM paradigm (QDyLoRA; SoFT next): its groups' schemas, checks, building, exports.
+
+The nested space of an LM is the adapter's axes (``rank``) composed with an optional ``depth`` axis (the
+first n decoder layers read through the shared norm and head): a depth x rank grid is a config
+(``depth.exits=[...]`` beside ``adapter=dylora``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.core.config import ConfigError, get, instantiate, require_bool
+from experiments.core.schema import opt
+from experiments.paradigms.base import Paradigm
+
+ANSWER_FNS = {"first_line": "first_answer_line", "gsm8k": "extract_gsm8k_answer"}  # in modules.metrics
+
+
+# --- the schemas of the LM groups -----------------------------------------------------------------
+@dataclasses.dataclass
+class ModelSchema:
+    closed: ClassVar[bool] = False
+    name_or_path: str = ""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+    attn_implementation: Optional[str] = None
+    lora_targets: list[str] = dataclasses.field(default_factory=list)
+    random_config: Optional[dict] = None
+
+
+@dataclasses.dataclass
+class QuantizationSchema:
+    closed: ClassVar[bool] = True
+    enabled: bool = False
+    config: Optional[dict] = None
+
+
+@dataclasses.dataclass
+class SamplingSchema:
+    closed: ClassVar[bool] = False
+    num_per_step: int = opt(1, min=1)
+    num_random: int = opt(1, min=0)
+    distribution: Literal["uniform", "log_uniform"] = "uniform"
+    weights: Optional[dict] = None
+    choice: Union[str, dict] = "largest"
+
+
+@dataclasses.dataclass
+class DataSchema:
+    closed: ClassVar[bool] = False
+    source: str = "stdlib_qa"
+    max_length: int = opt(128, min=1)
+    batch_size: int = opt(8, min=1)
+    eval_batch_size: int = opt(16, min=1)
+    limit_train: Optional[int] = opt(None, min=1)
+    limit_val: Optional[int] = opt(None, min=1)
+    limit_test: Optional[int] = opt(None, min=1)
+    num_workers: int = opt(0, min=0)
+
+
+@dataclasses.dataclass
+class EvalSchema:
+    closed: ClassVar[bool] = True
+    ckpt_path: Optional[str] = None
+    metric: str = "test/em"
+    higher_is_better: bool = True
+    generate: bool = True
+    max_new_tokens: int = opt(16, min=1)
+    answer_format: Literal["first_line", "gsm8k"] = "first_line"
+
+
+@dataclasses.dataclass
+class ExportSchema:
+    closed: ClassVar[bool] = True
+    submodels: list[str] = dataclasses.field(default_factory=list)
+    dir: str = "exports"
+    merge: bool = False
+
+
+@dataclasses.dataclass
+class DepthSchema:
+    closed: ClassVar[bool] = True
+    exits: Optional[list[int]] = None
+    eval_exits: Optional[list[int]] = None
+
+
+def adapter_of(cfg: DictConfig):
+    from modules.adapters import AdapterError, get_adapter
+
+    try:
+        return get_adapter(get(cfg, "adapter.kind"))
+    except AdapterError as err:
+        raise ConfigError(str(err)) from None
+
+
+def adapter_options(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.adapter, resolve=True)
+
+
+class LMParadigm(Paradigm):
+    name = "lm"
+    PLOT_METRICS = ("test/em", "test/loss", "test/ppl")
+
+    def schemas(self, cfg: DictConfig) -> dict[str, type]:
+        return {"model": ModelSchema, "quantization": QuantizationSchema, "sampling": SamplingSchema,
+                "data": DataSchema, "eval": EvalSchema, "export": ExportSchema, "depth": DepthSchema,
+                "adapter": adapter_of(cfg).options_schema}
+
+    # --- validation: cheap, before anything is loaded or written ------------------------------
+    def validate(self, cfg: DictConfig) -> None:
+        from modules.adapters import AdapterError
+
+        adapter = adapter_of(cfg)
+        try:
+            adapter.check(adapter_options(cfg), quantized=bool(get(cfg, "quantization.enabled")))
+        except AdapterError as err:
+            raise ConfigError(str(err)) from None
+        axes = rank_axes(cfg)
+        axes.update(depth_axis(cfg))
+        training_sampler(cfg, axes)
+        if get(cfg, "export.merge") and get(cfg, "quantization.enabled"):
+            kind = get(cfg, "adapter.kind")
+            dynamic = kind == "nested_lora" and get(cfg, "adapter.r_min") != get(cfg, "adapter.r_max")
+            raise ConfigError("export.merge=true on a 4-bit base" + (" while ranks are dynamic" if dynamic else "") +
+                              ": merging would fix one rank into quantized weights; export adapters only "
+                              "(export.merge=false) or train with quantization=none")
+        for choice in get(cfg, "export.submodels") or []:
+            if choice not in ("best", "largest", "smallest") and not re.fullmatch(r"(\w+=\d+)(,\w+=\d+)*", str(choice)):
+                raise ConfigError(f"export.submodels: {choice!r} is not one of best, largest, smallest, "
+                                  "rank=<int> (or a sub-model key such as depth=2,rank=4)")
+        check_model_path(str(get(cfg, "model.name_or_path")))
+
+    def check_resources(self, cfg: DictConfig) -> None:
+        from experiments.benchmarks.memory import check_fits
+
+        check_fits(cfg)  # a GPU run that cannot fit estimate.gpu_gib stops here (skipped on the CPU)
+
+    # --- building --------------------------------------------------------------------------------
+    def build(self, cfg: DictConfig):
+        model, tokenizer, nested = build_lm(cfg)
+        return build_module(cfg, model, tokenizer, nested), instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed)
+
+    def before_eval(self, cfg: DictConfig, module) -> None:
+        """The post-hoc SVD baseline: after training a fixed-rank LoRA, re-factor every layer so that
+        rank b is the best rank-b approximation of the learned update (then every rank is evaluable)."""
+        adapter_of(cfg).before_eval(module.model, adapter_options(cfg))
+
+    def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
+        """Export the chosen sub-models through the adapter (PEFT folders; merged HF models with export.merge)."""
+        adapter, options, out = adapter_of(cfg), adapter_options(cfg), []
+        for sub in export_submodels(cfg, module, metrics):
+            folder = run_dir / cfg.export.dir / "_".join(f"{k}_{v}" for k, v in sub.dims)
+            module.nested.apply(sub)
+            out += adapter.export(module.model, sub, folder, options, base_name=str(cfg.model.name_or_path),
+                                  merge=bool(get(cfg, "export.merge")), tokenizer=module.tokenizer)
+        module.nested.apply(module.nested.space.largest)
+        return out
+
+
+def eval_ranks(cfg: DictConfig) -> list[int] | None:
+    values = adapter_of(cfg).eval_values(adapter_options(cfg))
+    return values.get("rank") if values else None
+
+
+def rank_axes(cfg: DictConfig) -> dict[str, list[int]]:
+    """The training space the adapter adds (what it attaches), from config alone."""
+    return adapter_of(cfg).axes(adapter_options(cfg))
+
+
+def depth_axis(cfg: DictConfig) -> dict[str, list[int]]:
+    exits = get(cfg, "depth.exits")
+    if not exits:
+        return {}
+    layers = (get(cfg, "model.random_config.num_hidden_layers") if str(get(cfg, "model.name_or_path")).startswith("random:")
+              else None)
+    for i, n in enumerate(exits):
+        if layers is not None and not 1 <= n <= layers:
+            raise ConfigError(f"depth.exits[{i}]={n} is beyond the model's {layers} layers; valid exits: 1..{layers}")
+    return {"depth": sorted(set(exits))}
+
+
+def training_sampler(cfg: DictConfig, axes):
+    """The sampler of the training sub-models: ``sampling`` over the space; an adapter that trains every
+    value of its axis in one forward (MatryoshkaLoRA) draws none, so it is the largest sub-model. ``sampling``'s
+    own errors and a sampler that conflicts with MatryoshkaLoRA (anything but the plain default draw or fixed
+    at the largest) are ConfigErrors."""
+    from modules.submodel import SAMPLERS, FixedSampler, SubModelError, SubModelSpace, UniformSampler
+
+    space = SubModelSpace(axes)
+    seed = get(cfg, "seed", 0)
+    try:
+        sampler = instantiate(cfg.sampling)(space=space, seed=seed) if get(cfg, "sampling") is not None else None
+    except (SubModelError, TypeError) as err:
+        msg = str(err).splitlines()[0]
+        head = re.split(r"[=.: ]", msg, maxsplit=1)[0]  # a message that starts with the key names it in full
+        raise ConfigError(f"sampling.{msg}" if head in cfg.sampling else f"sampling: {msg}") from None
+    adapter = adapter_of(cfg)
+    if not getattr(adapter, "trains_all_at_once", lambda o: False)(adapter_options(cfg)):
+        return sampler
+    plain = (sampler is None or (type(sampler) is UniformSampler and sampler.num_per_step == 1 and not sampler.probs)
+             or (type(sampler) is FixedSampler and sampler.sub == space.largest))
+    if not plain:
+        name = next((k for k, c in SAMPLERS.items() if type(sampler) is c), type(sampler).__name__)
+        if type(sampler) is UniformSampler:
+            name += " with a distribution, weights or num_per_step > 1"
+        elif type(sampler) is FixedSampler:
+            name += f" at {sampler.sub.key}"
+        raise ConfigError(f"adapter.matryoshka=true trains every rank r_min..r_max in one forward at the largest "
+                          f"rank, so no rank is drawn; sampling={name} conflicts with it: use sampling=fixed "
+                          f"(choice: largest) or the plain sampling=uniform (then unused), or adapter.matryoshka=false")
+    return FixedSampler(space, seed=seed, choice="largest")
+
+
+def check_model_path(name_or_path: str) -> None:
+    """A local-looking path must exist; aliases and hub ids are checked when loaded."""
+    from modules.hf_model import RANDOM_PREFIX
+
+    looks_local = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
+    if not name_or_path.startswith(RANDOM_PREFIX) and looks_local and not Path(name_or_path).expanduser().exists():
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: no such folder; give an existing local folder, "
+                          f"an HF hub id (org/name) or an offline alias ({', '.join(offline_aliases())})")
+
+
+def offline_aliases() -> list[str]:
+    from modules.offline import OFFLINE_MODELS
+
+    return sorted(OFFLINE_MODELS)
+
+
+# --- building the pieces from config ------------------------------------------------------
+def build_lm(cfg: DictConfig):
+    """(model, tokenizer, nested) from the model/quantization/adapter groups."""
+    from modules.hf_model import load_causal_lm
+    from modules.offline import OfflineModelError
+
+    quant = instantiate(cfg.quantization.config) if get(cfg, "quantization.enabled") else None
+    m = cfg.model
+    try:
+        model, tokenizer = load_causal_lm(
+            m.name_or_path, m.dtype, quant, m.gradient_checkpointing, m.get("attn_implementation"),
+            OmegaConf.to_container(m.random_config) if m.get("random_config") else None)
+    except OfflineModelError as err:
+        raise ConfigError(str(err)) from None
+    except OSError as err:  # not on the hub / not cached offline / not a model folder
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model.name_or_path={m.name_or_path!r} could not be loaded: {first}") from None
+    adapter = adapter_of(cfg)
+    nested = adapter.attach(model, adapter.attach_options(adapter_options(cfg)))
+    depth = depth_axis(cfg)
+    if depth:
+        from modules.depth import DecoderDepth, DepthError
+        from modules.submodel import NestedModel
+
+        try:
+            decoder = DecoderDepth(model)
+            for n in depth["depth"]:
+                decoder.check(n)
+        except DepthError as err:
+            raise ConfigError(f"depth.exits: {err}") from None
+        nested = NestedModel({**nested.axes_values, **depth}, {**nested.setters, "depth": decoder.set_depth})
+    return model, tokenizer, nested
+
+
+def eval_grid(cfg: DictConfig, nested) -> list:
+    """The product of each axis's evaluated values (the adapter's eval ranks, ``depth.eval_exits``)."""
+    from modules.submodel import SubModelSpace
+
+    values = dict(nested.space.axes)
+    values.update(adapter_of(cfg).eval_values(adapter_options(cfg)) or {})
+    if get(cfg, "depth.eval_exits") and "depth" in values:
+        values["depth"] = list(get(cfg, "depth.eval_exits"))
+    return SubModelSpace(values).grid()
+
+
+def build_module(cfg: DictConfig, model, tokenizer, nested):
+    import modules.metrics as metrics
+    from modules.lm_module import NestedCausalLM
+
+    sampler = training_sampler(cfg, nested.space.axes)
+    return NestedCausalLM(model, tokenizer, nested, sampler, optimizer=instantiate(cfg.optimizer),
+                          scheduler=OmegaConf.to_container(cfg.scheduler), eval_grid=eval_grid(cfg, nested),
+                          generate=cfg.eval.generate, max_new_tokens=cfg.eval.max_new_tokens,
+                          answer_fn=getattr(metrics, ANSWER_FNS[cfg.eval.answer_format]),
+                          score_fn=metrics.exact_match)
+
+
+def export_submodels(cfg: DictConfig, module, metrics: dict) -> list:
+    """``export.submodels``: best, largest, smallest, or keys such as rank=4 -> distinct sub-models."""
+    from modules.submodel import SubModel
+
+    subs: list = []
+    for choice in get(cfg, "export.submodels") or []:
+        if choice == "best":
+            key = metrics.get("best/submodel")
+        elif choice in ("largest", "smallest"):
+            key = getattr(module.nested.space, choice).key
+        else:
+            key = str(choice)
+        sub = SubModel.parse(key) if key else None
+        if sub is not None and sub.dims and sub not in subs:
+            subs.append(sub)
+    return subs
