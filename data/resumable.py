@@ -2,7 +2,8 @@
 
 ``EpochShuffle`` orders the samples of epoch e as a pure function of (seed, e): exactly the order of
 ``DataLoader(shuffle=True, generator=torch.Generator().manual_seed(seed))`` (it replays that loader's draws:
-one 64-bit base seed, then a permutation, per epoch), so switching to it changes no result.
+per epoch one 64-bit base seed, its permutation, and, once the epoch is exhausted, the permutation that
+``RandomSampler`` draws for its empty remainder), so switching to it changes no result.
 ``ResumableBatchSampler`` batches any index sampler with ``set_epoch`` (ours, or the ``DistributedSampler``
 Lightning puts in its place under DDP) and starts where a run that took ``global_step`` optimizer steps
 stopped: the epoch and the batches already consumed in it follow from the step count, the epoch length and
@@ -28,10 +29,12 @@ class EpochShuffle(Sampler[int]):
         if not self.shuffle:
             return list(range(self.num_samples))
         generator = torch.Generator().manual_seed(self.seed)
-        for _ in range(epoch + 1):  # per epoch: the DataLoader's base-seed draw, then the sampler's permutation
+        for _ in range(epoch):  # each finished epoch drew a base seed, its permutation, and one more
             torch.empty((), dtype=torch.int64).random_(generator=generator)
-            perm = torch.randperm(self.num_samples, generator=generator).tolist()
-        return perm
+            torch.randperm(self.num_samples, generator=generator)
+            torch.randperm(self.num_samples, generator=generator)  # RandomSampler's (empty) remainder slice
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        return torch.randperm(self.num_samples, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order(self.epoch))

@@ -57,8 +57,9 @@ def materialize_random(arch: str, config_kwargs: dict[str, Any], seed: int = 0) 
     if (folder / "config.json").exists():
         return folder
     config = AutoConfig.for_model(arch, **config_kwargs)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG must not depend on whether the cache was warm
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     byte_tokenizer().save_pretrained(tmp)

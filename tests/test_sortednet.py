@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 TINY = ["experiment=sortednet/quick", "model.hidden_size=32", "model.num_hidden_layers=2",
         "model.num_attention_heads=2", "model.intermediate_size=64", "nested.axes.depth=[1,2]",
         "nested.axes.width=[16,32]", "trainer.max_steps=6", "trainer.check_val_every_n_epoch=1",
-        "trainer.log_every_n_steps=1", "data.batch_size=32", "eval.latency.repeats=2", "eval.latency.warmup=1"]
+        "trainer.log_every_n_steps=1", "data.batch_size=32", "latency.repeats=2", "latency.warmup=1"]
 GRID = [f"depth={d},width={w}" for d in (1, 2) for w in (16, 32)]
 
 
@@ -115,11 +115,11 @@ BAD = [
     ("model.num_attention_heads=3", ["model.hidden_size=32", "model.num_attention_heads=3"]),
     ("model.name_or_path=/no/such/vit", ["model.name_or_path", "no such folder"]),
     ("data.source=mnist", ["data.source='mnist'", "digits, fashion_mnist"]),
-    ("eval.latency.device=tpu", ["eval.latency.device='tpu'", "auto, cpu, cuda"]),
+    ("latency.device=tpu", ["latency.device='tpu'", "auto, cpu, cuda"]),
     ("sampling.num_random=x", ["sampling.num_random must be an integer"]),
 ]
 if not torch.cuda.is_available():
-    BAD.append(("eval.latency.device=cuda", ["eval.latency.device=cuda", "no CUDA device", "auto, cpu"]))
+    BAD.append(("latency.device=cuda", ["latency.device=cuda", "no CUDA device", "auto, cpu"]))
 
 
 @pytest.mark.parametrize("override, words", BAD, ids=[b[0] for b in BAD])

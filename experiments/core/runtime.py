@@ -60,7 +60,7 @@ class RunContext:
     def remember_config(self) -> None:
         path = self.run_dir / RESUME_CONFIG
         if not path.exists():
-            path.write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+            path.write_text(OmegaConf.to_yaml(OmegaConf.create(_resolved(self.cfg))))
 
 
 def run_dir_of() -> Path:
@@ -100,13 +100,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path, with_callbacks: bool = True, *
         import torch
 
         torch.multiprocessing.set_sharing_strategy("file_system")  # fd sharing fails on some hosts
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    loggers = build_loggers(cfg)
     callbacks = []
     if with_callbacks:
         callbacks = [instantiate(c) for c in (get(cfg, "callbacks") or {}).values()]
+        if not loggers:  # logger=none: nothing to write learning rates to (Lightning refuses the monitor)
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         callbacks.append(RunCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR),
                                        every_n_train_steps=int(get(cfg, "checkpoint.every_n_steps", 50))))
     options = {"enable_progress_bar": progress_bar_wanted(cfg), **overrides}
-    return instantiate(cfg.trainer, logger=build_loggers(cfg) or False, callbacks=callbacks,
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                        enable_checkpointing=with_callbacks, **options)
 
@@ -121,12 +126,20 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
+def _resolved(cfg: DictConfig) -> dict:
+    """The config as plain data, interpolations resolved (kept as written outside a Hydra run)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # ${hydra:...} without a Hydra run (in-process use)
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
 def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     path = run_dir / RESUME_CONFIG
     if not path.exists():
         return
-    before = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    before = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    now = _flat(_resolved(cfg))
     changed = sorted(k for k in set(before) | set(now)
                      if before.get(k) != now.get(k) and not k.startswith(RESUME_EXEMPT))
     if changed:

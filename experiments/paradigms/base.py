@@ -72,7 +72,9 @@ class Paradigm:
         ctx.remember_config()
         if resume is not None:
             print(f"resuming from {resume}")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        # our own checkpoint (it holds the numpy / python RNG states, which weights_only loading refuses)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
+                    weights_only=False if resume else None)
         return trainer
 
     def evaluate(self, ctx: RunContext, module, datamodule, trainer) -> dict[str, Any]:

@@ -216,8 +216,18 @@ def training_sampler(cfg: DictConfig, axes):
 
 
 def check_model_path(name_or_path: str) -> None:
-    """A local-looking path must exist; aliases and hub ids are checked when loaded."""
+    """A local-looking path must exist, a ``random:<arch>`` must name a transformers architecture; aliases
+    and hub ids are checked when loaded."""
     from modules.hf_model import RANDOM_PREFIX
+
+    if name_or_path.startswith(RANDOM_PREFIX):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        arch = name_or_path[len(RANDOM_PREFIX):]
+        if arch not in CONFIG_MAPPING_NAMES:
+            close = sorted(a for a in CONFIG_MAPPING_NAMES if a[:2] == arch[:2])[:8] or ["llama", "gpt2", "falcon"]
+            raise ConfigError(f"model.name_or_path={name_or_path!r}: unknown architecture {arch!r} for a random model; "
+                              f"give random:<a transformers model_type>, e.g. {', '.join(close)}")
 
     looks_local = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
     if not name_or_path.startswith(RANDOM_PREFIX) and looks_local and not Path(name_or_path).expanduser().exists():

@@ -18,25 +18,37 @@ from modules.submodel import split_metric_key
 
 def build_table(jobs: list[dict[str, Any]], metric: str, rows: Sequence[str], axis: str,
                 values: Sequence[int] | None = None, reference: Mapping[str, Mapping[Any, float]] | None = None,
-                ) -> tuple[list[str], list[list[Any]]]:
-    cells: dict[tuple, dict[int, list[float]]] = {}
+                row_axes: Sequence[str] = ()) -> tuple[list[str], list[list[Any]]]:
+    """Rows: the override keys ``rows`` and then the metric-key axes ``row_axes`` (a sub-model axis or an
+    evaluation condition, e.g. ``layer``); columns: the values of ``axis`` (``rank``, ``testset``, ...)."""
+    cells: dict[tuple, dict[Any, list[float]]] = {}
     for job in jobs:
-        row = tuple(str(job["overrides"].get(k, "")) for k in rows)
+        setting = tuple(str(job["overrides"].get(k, "")) for k in rows)
         for key, value in job["metrics"].items():
             name, sub = split_metric_key(key)
-            if name == metric and sub.get(axis) is not None and isinstance(value, (int, float)):
-                cells.setdefault(row, {}).setdefault(sub[axis], []).append(float(value))
+            if name != metric or sub.get(axis) is None or not isinstance(value, (int, float)):
+                continue
+            if any(sub.get(a) is None for a in row_axes):
+                continue
+            row = setting + tuple(sub[a] for a in row_axes)
+            cells.setdefault(row, {}).setdefault(sub[axis], []).append(float(value))
     if not cells:
         logged = sorted({split_metric_key(k)[0] for j in jobs for k in j["metrics"]})
         raise ConfigError(f"table metric {metric!r} with axis {axis!r} was not logged by any run; "
                           f"logged metrics: {', '.join(logged)}")
-    columns = list(values) if values else sorted({v for row in cells.values() for v in row})
-    header = [*rows, *[f"{axis}={v}" for v in columns]]
-    table = [[*row, *[mean_std(cells[row].get(v, [])) for v in columns]] for row in sorted(cells)]
+    columns = list(values) if values else sorted({v for row in cells.values() for v in row}, key=_order)
+    header = [*rows, *row_axes, *[f"{axis}={v}" for v in columns]]
+    table = [[*row, *[mean_std(cells[row].get(v, [])) for v in columns]]
+             for row in sorted(cells, key=lambda r: tuple(map(_order, r)))]
     for name, numbers in (reference or {}).items():  # the paper's numbers, one row each
-        table.append([f"{name} (paper)", *[""] * (len(rows) - 1),
+        table.append([f"{name} (paper)", *[""] * (len(rows) + len(row_axes) - 1),
                       *[numbers.get(v, numbers.get(str(v))) for v in columns]])
     return header, table
+
+
+def _order(value: Any) -> tuple:
+    """Numbers before strings, each in their own order (conditions have string values)."""
+    return (isinstance(value, str), value if isinstance(value, str) else float(value))
 
 
 def render(header: list[str], rows: list[list[Any]], fmt: str = "md", digits: int = 3) -> str:
@@ -63,7 +75,7 @@ def table_task(cfg, sweep_dirs: Sequence[str]) -> str:
     if not jobs:
         raise ConfigError(f"report.sweep_dir={list(sweep_dirs)}: no <job>/results.json found")
     header, rows = build_table(jobs, spec.metric, list(spec.rows), spec.axis, spec.get("values"),
-                               spec.get("reference"))
+                               spec.get("reference"), list(spec.get("row_axes") or []))
     out = Path(sweep_dirs[0])
     markdown = f"### {spec.get('title') or spec.name}\n\n" + render(header, rows) + "\n"
     (out / f"{spec.name}.md").write_text(markdown)
