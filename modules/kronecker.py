@@ -215,14 +215,14 @@ class KroneckerLinear(nn.Module):
         W, layer_bias = _dense_weight(linear_or_weight)
         bias = layer_bias if bias is None else bias
         d_out, d_in = W.shape
-        layer = cls(d_in, d_out, a_shape, b_shape, rank, bias is not None, factor, name)
+        layer = cls(d_in, d_out, a_shape, b_shape, rank, bias is not None, factor, name).to(W.device, W.dtype)
         A, B, layer.approx_error = nearest_kronecker(W, layer.a_shape, layer.b_shape, rank, True, name)
         with torch.no_grad():
             layer.A.copy_(A)
             layer.B.copy_(B)
             if bias is not None:
                 layer.bias.copy_(bias)
-        return layer.to(W.device)
+        return layer
 
     @property
     def weight(self) -> torch.Tensor:
@@ -258,12 +258,12 @@ class KroneckerEmbedding(nn.Module):
                    name: str = "embedding") -> "KroneckerEmbedding":
         W = embedding_or_weight.weight if isinstance(embedding_or_weight, nn.Embedding) else embedding_or_weight
         V, d = W.shape
-        layer = cls(V, d, factor, rank, name)
+        layer = cls(V, d, factor, rank, name).to(W.device, W.dtype)
         A, B, layer.approx_error = nearest_kronecker(W, (V, d // factor), (1, factor), rank, True, name)
         with torch.no_grad():
             layer.A.copy_(A)
             layer.B.copy_(B)
-        return layer.to(W.device)
+        return layer
 
     @property
     def weight(self) -> torch.Tensor:
