@@ -183,8 +183,8 @@ def inject_krona(model: nn.Module, target_modules: Sequence[str] | str, variant:
             names.append(name)
     if not names:
         found = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if n and fits(m)})
-        raise ValueError(f"adapter.target_modules={targets} matched no {'linear layer' if variant == 'krona' else 'module'}"
-                         f"; this model has: {found[:40]}")
+        kind = "linear layer" if variant == "krona" else "module"
+        raise ValueError(f"adapter.target_modules={targets} matched no {kind}; this model has: {found[:40]}")
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
