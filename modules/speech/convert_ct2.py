@@ -58,7 +58,7 @@ def read_ct2_model(path: Path) -> tuple[str, int, dict[str, np.ndarray]]:
         if dtype_id not in _CT2_DTYPES:
             raise CT2FormatError(f"{path}: variable {var!r} has unknown dtype id {dtype_id}")
         arr = np.frombuffer(buf, dtype=_CT2_DTYPES[dtype_id], count=nbytes // np.dtype(_CT2_DTYPES[dtype_id]).itemsize,
-                            offset=pos).reshape(shape)
+                            offset=pos).reshape(tuple(shape))
         if dtype_id == 5:  # bfloat16 -> float32 is a 16-bit left shift
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         variables[var] = arr
@@ -82,8 +82,8 @@ def whisper_config_kwargs(v: dict[str, np.ndarray]) -> dict:
         d_model=d,
         encoder_layers=_count_layers(v, "encoder"),
         decoder_layers=_count_layers(v, "decoder"),
-        encoder_attention_heads=int(v["encoder/num_heads"]),
-        decoder_attention_heads=int(v["decoder/num_heads"]),
+        encoder_attention_heads=int(v["encoder/num_heads"].item()),
+        decoder_attention_heads=int(v["decoder/num_heads"].item()),
         encoder_ffn_dim=v["encoder/layer_0/ffn/linear_0/weight"].shape[0],
         decoder_ffn_dim=v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
         max_source_positions=v["encoder/position_encodings/encodings"].shape[0],
