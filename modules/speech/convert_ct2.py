@@ -219,7 +219,8 @@ def convert_ct2_whisper(spec, src: Path, out: Path) -> None:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     WhisperFeatureExtractor(feature_size=kwargs["num_mel_bins"]).save_pretrained(out)
-    shutil.copy(src / "config.json", out / "ct2_config.json") if (src / "config.json").is_file() else None
+    if (src / "config.json").is_file():  # kept for reference (suppression lists, alignment heads)
+        shutil.copy(src / "config.json", out / "ct2_config.json")
 
 
 # --- the package-shipped tiny.en, until modules/offline.py registers it -------------------------
