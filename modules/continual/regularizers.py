@@ -160,14 +160,22 @@ def estimate_fisher(G_old: nn.Module, replay: ReplaySampler, n_batches: int = 10
     params = {n: p for n, p in G_old.named_parameters()}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     device = next(G_old.parameters()).device
-    for _ in range(n_batches):
-        z, c = replay.sample()
-        x = G_old(z.to(device), c.to(device))
-        eps = torch.randn(x.shape, generator=replay.rng).to(x)
-        grads = torch.autograd.grad((eps * x).sum(), list(params.values()), allow_unused=True)
-        for (n, _), g in zip(params.items(), grads):
-            if g is not None:
-                fisher[n] += g.detach().pow(2) / (n_batches * len(z))
+    frozen = {n: p.requires_grad for n, p in params.items()}
+    for p in params.values():
+        p.requires_grad_(True)  # G_{t-1} is usually frozen; gradients are needed here only
+    try:
+        with torch.enable_grad():
+            for _ in range(n_batches):
+                z, c = replay.sample()
+                x = G_old(z.to(device), c.to(device))
+                eps = torch.randn(x.shape, generator=replay.rng).to(x)
+                grads = torch.autograd.grad((eps * x).sum(), list(params.values()), allow_unused=True)
+                for n, g in zip(params, grads):
+                    if g is not None:
+                        fisher[n] += g.detach().pow(2) / (n_batches * len(z))
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(frozen[n])
     if normalize:
         mean = torch.cat([f.flatten() for f in fisher.values()]).mean().clamp_min(1e-12)
         fisher = {n: f / mean for n, f in fisher.items()}
