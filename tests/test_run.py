@@ -95,7 +95,7 @@ def test_multirun_two_ranks_two_seeds_gives_the_aggregated_table(launcher, env, 
 
 
 @pytest.mark.parametrize("override, key, hint", [
-    ("adapter=dora", "adapter", "dylora, lora, lora_svd, lora_truncated, matryoshka_lora, none, peft_lora"),
+    ("adapter=dora", "adapter", "dylora, krona, lora, lora_svd, lora_truncated, matryoshka_lora, none, peft_lora"),
     ("adapter.r_max=0", "adapter.r_max", ">= 1"),
     ("adapter.eval_ranks=[1,16]", "adapter.eval_ranks[1]", "between 1 and 4"),
     ("model.name_or_path=/no/such/model", "model.name_or_path", "offline alias"),
@@ -136,18 +136,23 @@ def test_help_is_fast(env):
 
     start = time.perf_counter()
     proc = run(["--help"], env)
-    assert proc.returncode == 0 and "adapter: dylora, lora, lora_svd, lora_truncated, matryoshka_lora, none, peft_lora" in proc.stdout
+    assert proc.returncode == 0 and "adapter: dylora, krona, lora, lora_svd, lora_truncated, matryoshka_lora, none, peft_lora" in proc.stdout
     assert time.perf_counter() - start < 10  # generous for a loaded CI machine; goal is < 3 s
 
 
-@pytest.mark.parametrize("adapter", ["lora_svd", "peft_lora"])
-def test_baselines_are_configs_of_the_same_module(adapter, env, data_file, tmp_path):
-    proc = run([*[a for a in TINY if not a.startswith("adapter.eval_ranks")], f"adapter={adapter}",
-                f"data.source={data_file}", f"hydra.run.dir={tmp_path}"], env)
+@pytest.mark.parametrize("adapter, extra, axis, values", [
+    ("lora_svd", [], "rank", [1, 2, 3, 4]),          # SVD: every rank from one fixed-rank run
+    ("peft_lora", [], "rank", [4]),
+    ("krona", ["adapter.r_max=2", "adapter.r_min=1"], "kron_rank", [1, 2]),  # one file + one yaml + this row
+])
+def test_adapters_are_configs_of_the_same_module(adapter, extra, axis, values, env, data_file, tmp_path):
+    drop = ("adapter.eval_ranks", "adapter.r_max") if adapter == "krona" else ("adapter.eval_ranks",)
+    proc = run([*[a for a in TINY if not a.startswith(drop)],
+                f"adapter={adapter}", *extra, f"data.source={data_file}", f"hydra.run.dir={tmp_path}"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    ranks = [1, 2, 3, 4] if adapter == "lora_svd" else [4]  # SVD: every rank from one fixed-rank run
-    assert sorted(int(k.split("=")[1]) for k in results if k.startswith("test/loss@")) == ranks
+    cells = [k.split("@")[1] for k in results if k.startswith("test/loss@")]
+    assert all(c.startswith(f"{axis}=") for c in cells) and sorted(int(c.split("=")[1]) for c in cells) == values
 
 
 def test_wandb_logger_goes_offline_without_an_api_key(env, data_file, tmp_path):

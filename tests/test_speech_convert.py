@@ -118,12 +118,13 @@ def test_package_whisper_transcribes_synthetic_speech(tmp_path):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from modules.speech.audio import load_audio
-    from modules.speech.convert_ct2 import convert_ct2_whisper, whisper_offline_spec
-    from modules.offline import package_dir
+    from modules.offline import OFFLINE_MODELS, package_dir
+    from modules.speech.convert_ct2 import WHISPER_OFFLINE_ALIAS, convert_ct2_whisper
 
+    spec = OFFLINE_MODELS[WHISPER_OFFLINE_ALIAS]
     out = tmp_path / "hf"
     out.mkdir()
-    convert_ct2_whisper(whisper_offline_spec(), package_dir(whisper_offline_spec()), out)
+    convert_ct2_whisper(spec, package_dir(spec), out)
     model, info = WhisperForConditionalGeneration.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(tmp_path / "a.wav"),

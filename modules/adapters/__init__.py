@@ -88,12 +88,13 @@ class FullFineTuning(Adapter):
 
 
 def _registry() -> dict[str, Adapter]:
+    from modules.adapters.krona import KronA
     from modules.adapters.lora import NestedLoRA, PeftLoRA
 
-    return {a.kind: a for a in (FullFineTuning(), NestedLoRA(), PeftLoRA())}
+    return {a.kind: a for a in (FullFineTuning(), NestedLoRA(), PeftLoRA(), KronA())}
 
 
-ADAPTERS = ("none", "nested_lora", "peft_lora")
+ADAPTERS = ("none", "nested_lora", "peft_lora", "krona")
 
 
 def get_adapter(kind: str) -> Adapter:

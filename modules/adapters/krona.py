@@ -17,13 +17,16 @@ Init (ΔW = 0 at step 0): A_k kaiming-uniform(a=sqrt(5)), B_k zeros, as LoRA doe
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Iterator, Sequence
+from typing import ClassVar, Iterator, Literal, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from modules.adapters import Adapter, AdapterError, option
 from modules.kronecker import factor_shapes, is_conv1d, kron_dense, kron_matmul
+from modules.submodel import NestedModel
 
 VARIANTS = ("krona", "krona_block", "krona_block_res")
 INIT_ZERO = ("A", "B")
@@ -227,3 +230,67 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                 value = merged_weights[owner]
         out[key] = value
     return out
+
+
+# --- the adapter contract (modules/adapters/__init__.py) --------------------------------------------------
+@dataclasses.dataclass
+class KronAOptions:
+    closed: ClassVar[bool] = True
+    kind: str = "krona"
+    variant: Literal["krona", "krona_block", "krona_block_res"] = "krona"
+    target_modules: Union[list[str], str] = "all-linear"
+    factor: int = -1                          # -1: balanced factors (near-square); else a_out = a_in = factor
+    a_shape: Optional[list[int]] = None       # explicit (a_out, a_in); b follows from the layer
+    b_shape: Optional[list[int]] = None
+    r_max: int = option(1, min=1)             # Kronecker rank: summed products A_k ⊗ B_k
+    r_min: Optional[int] = option(None, min=1)  # nested Kronecker ranks r_min..r_max (DyLoRA-style); null = fixed
+    scale: float = 1.0
+    dropout: float = option(0.0, min=0, below=1)
+    init_zero: Literal["A", "B"] = "B"
+    res_init: float = 0.0
+    eval_ranks: Optional[list[int]] = None    # Kronecker ranks evaluated (null = the trained ones)
+
+
+class KronA(Adapter):
+    """``adapter.kind=krona``: adds the ``kron_rank`` axis (nested when r_min < r_max); merged export for the
+    mergeable variant on float bases."""
+
+    kind = "krona"
+    options_schema = KronAOptions
+
+    def _ranks(self, options) -> list[int]:
+        r_max = int(options.get("r_max", 1))
+        r_min = options.get("r_min") or r_max
+        return list(range(int(r_min), r_max + 1))
+
+    def check(self, options, quantized: bool = False) -> None:
+        r_max = int(options.get("r_max", 1))
+        if options.get("r_min") and options["r_min"] > r_max:
+            raise AdapterError(f"adapter.r_min={options['r_min']} must be <= adapter.r_max={r_max}")
+        for i, k in enumerate(options.get("eval_ranks") or []):
+            if not 1 <= k <= r_max:
+                raise AdapterError(f"adapter.eval_ranks[{i}]={k} must be between 1 and {r_max}")
+
+    def axes(self, options) -> dict[str, list[int]]:
+        return {"kron_rank": self._ranks(options)}
+
+    def eval_values(self, options) -> dict[str, list[int]] | None:
+        ranks = options.get("eval_ranks")
+        return {"kron_rank": list(ranks)} if ranks else None
+
+    def attach(self, model: nn.Module, options) -> NestedModel:
+        from functools import partial
+
+        o = dict(options)
+        inject_krona(model, o.get("target_modules", "all-linear"), o.get("variant", "krona"), o.get("a_shape"),
+                     o.get("b_shape"), o.get("factor", -1), o.get("r_max", 1), o.get("scale", 1.0),
+                     o.get("dropout", 0.0), o.get("init_zero", "B"), o.get("res_init", 0.0))
+        return NestedModel(self.axes(o), {"kron_rank": partial(set_kron_rank, model)})
+
+    def export(self, model, sub, folder, options, *, base_name=None, merge=False, tokenizer=None) -> list:
+        if not merge:
+            return []
+        model.save_pretrained(folder / "merged", state_dict=merged_state_dict(model))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder / "merged")
+        return [folder / "merged"]

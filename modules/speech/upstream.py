@@ -26,10 +26,7 @@ FRAME_SAMPLES = 320  # one encoder frame = 20 ms: hop 160 samples per mel frame,
 def resolve_whisper(name_or_path: str) -> str:
     """Offline alias -> converted local folder; local folder -> itself; anything else -> an HF id."""
     from modules.offline import resolve_model_path
-    from modules.speech.convert_ct2 import WHISPER_OFFLINE_ALIAS, offline_whisper_path
 
-    if name_or_path == WHISPER_OFFLINE_ALIAS:
-        return offline_whisper_path(name_or_path)
     return resolve_model_path(name_or_path)
 
 
