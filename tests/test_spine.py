@@ -60,10 +60,13 @@ def test_sigkill_midway_then_the_same_command_gives_the_uninterrupted_results(en
     assert _results(killed) == _results(straight)
 
 
-def test_resuming_with_another_config_is_refused_and_keeps_the_folder(env, data_file, tmp_path):
+def test_a_finished_run_is_not_redone_and_another_config_is_refused(env, data_file, tmp_path):
     args = [*TINY, f"data.source={data_file}", f"hydra.run.dir={tmp_path}"]
     assert run(args, env).returncode == 0
     before = {p: p.read_bytes() for p in (tmp_path / "results.json", tmp_path / "checkpoints" / "last.ckpt")}
+    again = run(args, env)
+    assert again.returncode == 0 and "already finished" in again.stdout
+    assert all(p.read_bytes() == data for p, data in before.items())
     proc = run([*args, "optimizer.lr=0.5"], env)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and last.startswith("error: hydra.run.dir=") and "optimizer.lr" in last, last

@@ -57,6 +57,16 @@ class RunContext:
         check_same_config(self.cfg, self.run_dir)
         return self.last_checkpoint
 
+    def finished_results(self) -> dict[str, Any] | None:
+        """The results of a run that already finished in this folder with this config (it is not redone)."""
+        path = self.run_dir / "results.json"
+        if not get(self.cfg, "checkpoint.resume", True) or not path.is_file():
+            return None
+        check_same_config(self.cfg, self.run_dir)
+        import json
+
+        return json.loads(path.read_text())
+
     def remember_config(self) -> None:
         path = self.run_dir / RESUME_CONFIG
         if not path.exists():

@@ -33,7 +33,13 @@ def run_task(cfg: DictConfig) -> Any:
 
         torch.set_num_threads(int(cfg.threads))
     ctx = RunContext.from_hydra(cfg)
-    return paradigm.run(ctx) if task == "train" else paradigm.evaluate_checkpoint(ctx)
+    if task == "eval":
+        return paradigm.evaluate_checkpoint(ctx)
+    done = ctx.finished_results()
+    if done is not None:  # rerunning a finished run (or sweep job) on its folder: keep what is there
+        print(f"already finished: {ctx.run_dir / 'results.json'} (checkpoint.resume=false reruns it)")
+        return done.get(f"best/{cfg.eval.metric}")
+    return paradigm.run(ctx)
 
 
 def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
