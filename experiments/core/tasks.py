@@ -51,6 +51,10 @@ def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
     paradigm = paradigms.get_paradigm(require_choice(cfg, "paradigm", tuple(paradigms.names())))
     check_core(cfg)
     check_all(cfg, paradigm.schemas(cfg))
+    if get(cfg, "init_from"):
+        from experiments.core.runtime import checkpoint_of
+
+        checkpoint_of(cfg.init_from)  # a stage's source must exist before anything starts
     paradigm.validate(cfg)
     if machine:
         if task == "train":
