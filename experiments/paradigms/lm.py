@@ -123,10 +123,10 @@ class LMParadigm(Paradigm):
         axes.update(depth_axis(cfg))
         training_sampler(cfg, axes)
         if get(cfg, "export.merge") and get(cfg, "quantization.enabled"):
-            kind = get(cfg, "adapter.kind")
-            dynamic = kind == "nested_lora" and get(cfg, "adapter.r_min") != get(cfg, "adapter.r_max")
-            raise ConfigError("export.merge=true on a 4-bit base" + (" while ranks are dynamic" if dynamic else "") +
-                              ": merging would fix one rank into quantized weights; export adapters only "
+            dynamic = [axis for axis, values in rank_axes(cfg).items() if len(values) > 1]
+            raise ConfigError("export.merge=true on a 4-bit base" +
+                              (f" while {dynamic[0]}s are dynamic" if dynamic else "") +
+                              ": merging would fix one sub-model into quantized weights; export adapters only "
                               "(export.merge=false) or train with quantization=none")
         for choice in get(cfg, "export.submodels") or []:
             if choice not in ("best", "largest", "smallest") and not re.fullmatch(r"(\w+=\d+)(,\w+=\d+)*", str(choice)):
