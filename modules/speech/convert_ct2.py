@@ -119,30 +119,27 @@ def ct2_whisper_state_dict(v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     linear(f"{e}.conv1", "encoder/conv1")
     linear(f"{e}.conv2", "encoder/conv2")
     sd[f"{e}.embed_positions.weight"] = v["encoder/position_encodings/encodings"]
-    for i in range(_count_layers(v, "encoder")):
-        h, c = f"{e}.layers.{i}", f"encoder/layer_{i}"
+    def self_attention_and_ffn(h: str, c: str):  # the parts every encoder and decoder layer has
         norm(f"{h}.self_attn_layer_norm", f"{c}/self_attention/layer_norm")
         split([f"{h}.self_attn.q_proj", f"{h}.self_attn.k_proj", f"{h}.self_attn.v_proj"], f"{c}/self_attention/linear_0")
         linear(f"{h}.self_attn.out_proj", f"{c}/self_attention/linear_1")
         norm(f"{h}.final_layer_norm", f"{c}/ffn/layer_norm")
         linear(f"{h}.fc1", f"{c}/ffn/linear_0")
         linear(f"{h}.fc2", f"{c}/ffn/linear_1")
+
+    for i in range(_count_layers(v, "encoder")):
+        self_attention_and_ffn(f"{e}.layers.{i}", f"encoder/layer_{i}")
     norm(f"{e}.layer_norm", "encoder/layer_norm")
 
     sd[f"{d}.embed_tokens.weight"] = v["decoder/embeddings/weight"]
     sd[f"{d}.embed_positions.weight"] = v["decoder/position_encodings/encodings"]
     for i in range(_count_layers(v, "decoder")):
         h, c = f"{d}.layers.{i}", f"decoder/layer_{i}"
-        norm(f"{h}.self_attn_layer_norm", f"{c}/self_attention/layer_norm")
-        split([f"{h}.self_attn.q_proj", f"{h}.self_attn.k_proj", f"{h}.self_attn.v_proj"], f"{c}/self_attention/linear_0")
-        linear(f"{h}.self_attn.out_proj", f"{c}/self_attention/linear_1")
+        self_attention_and_ffn(h, c)
         norm(f"{h}.encoder_attn_layer_norm", f"{c}/attention/layer_norm")
         linear(f"{h}.encoder_attn.q_proj", f"{c}/attention/linear_0")
         split([f"{h}.encoder_attn.k_proj", f"{h}.encoder_attn.v_proj"], f"{c}/attention/linear_1")
         linear(f"{h}.encoder_attn.out_proj", f"{c}/attention/linear_2")
-        norm(f"{h}.final_layer_norm", f"{c}/ffn/layer_norm")
-        linear(f"{h}.fc1", f"{c}/ffn/linear_0")
-        linear(f"{h}.fc2", f"{c}/ffn/linear_1")
     norm(f"{d}.layer_norm", "decoder/layer_norm")
     return sd  # proj_out is tied to embed_tokens (tie_word_embeddings)
 
