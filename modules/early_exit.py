@@ -228,9 +228,10 @@ def confidence_early_exit(model: nn.Module, input_ids: torch.Tensor, exits: Sequ
                 hidden = h.new_zeros(1, ids.shape[1], h.shape[-1])
             hidden[:, lo:cur + 1] = h
             filled[s] = cur + 1
-            probs = depth.readout(h[:, -1]).float().softmax(-1)  # (1, V)
-            conf, tok = probs.max(-1)
-            if thr[s] < 1.0 and float(conf) >= thr[s]:
+            if thr[s] >= 1.0:  # never exits here: skip the head (a large share of a small model's cost)
+                continue
+            conf, tok = depth.readout(h[:, -1]).float().softmax(-1).max(-1)  # (1,), (1,)
+            if float(conf) >= thr[s]:
                 break
         tokens.append(int(tok))
         exit_used.append(stop)

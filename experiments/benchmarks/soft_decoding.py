@@ -6,7 +6,8 @@ Methods (greedy, batch 1, KV cache on):
     ours self-speculative     ours: one shared KV cache, verification runs only the layers above the draft
     confidence early exit     per-token exit at the first confident exit (``--exits``/``--thresholds``),
                               KV back-fill
-    early-exit loop, no exit  the same loop with every threshold at 1: its overhead against HF generate
+    early-exit loop, no exit  the same loop with every threshold at 1 (no head is run at the exits): the
+                              loop's own overhead against HF generate
 
 Reported per method: ms/token (wall time over all prompts / tokens produced), speed-up over full greedy,
 token agreement with full greedy (identical tokens at the same positions / reference tokens), exact match
@@ -101,6 +102,7 @@ def run_benchmark(model, prompts: Sequence[torch.Tensor], exit_layer: int, exits
                "exact_match": sum(r.tokens == ref for (_, r), ref in zip(runs, refs)) / len(refs)}
         if "drafted" in stats[0]:
             drafted = sum(s["drafted"] for s in stats)
+            row["drafted"] = drafted
             row["acceptance_rate"] = sum(s["accepted"] for s in stats) / drafted if drafted else float("nan")
         if "exit_counts" in stats[0]:
             counts = {e: sum(s["exit_counts"][e] for s in stats) for e in stats[0]["exit_counts"]}
