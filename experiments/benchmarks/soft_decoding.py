@@ -9,11 +9,12 @@ Methods (greedy, batch 1, KV cache on):
     early-exit loop, no exit  the same loop with every threshold at 1 (no head is run at the exits): the
                               loop's own overhead against HF generate
 
-Reported per method: ms/token (wall time over all prompts / tokens produced), speed-up over full greedy,
-token agreement with full greedy (identical tokens at the same positions / reference tokens), exact match
-(fraction of prompts whose whole output is identical), draft acceptance rate, mean exit layer. Each
-prompt runs every method once, in a fresh seeded order per prompt, so machine-load drift hits all alike;
-one warm-up call per method comes first.
+Reported per method: ms/token (wall time over all prompts / tokens produced) and its speed-up over full
+greedy; the same from process CPU time (with ``--threads 1`` on a CPU, what decoding costs, barely moved by
+other processes' load); token agreement with full greedy (identical tokens at the same positions /
+reference tokens); exact match (fraction of prompts whose whole output is identical); drafted tokens and
+draft acceptance rate; mean exit layer. Each prompt runs every method once, in a fresh seeded order per
+prompt, so machine-load drift hits all alike; one warm-up call per method comes first.
 
     python -m experiments.benchmarks.soft_decoding --model smollm2-135m-instruct --exit-layer 12 \
         --exits 6 12 18 24 --thresholds 0.95 0.95 0.9 0.9 --max-new-tokens 32 --num-prompts 6
@@ -79,27 +80,29 @@ def run_benchmark(model, prompts: Sequence[torch.Tensor], exit_layer: int, exits
             notes[name] = str(err)
             del methods[name]
     rng = random.Random(seed)
-    results: dict[str, list[tuple[float, DecodeResult]]] = {name: [] for name in methods}
+    results: dict[str, list[tuple[float, float, DecodeResult]]] = {name: [] for name in methods}
     for ids in prompts:
         order = list(methods)
         rng.shuffle(order)
         for name in order:
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             res = methods[name](ids)
-            results[name].append((time.perf_counter() - start, res))
+            results[name].append((time.perf_counter() - wall, time.process_time() - cpu, res))
 
-    refs = [r.tokens for _, r in results["full greedy"]]
-    base_ms = None
+    refs = [r.tokens for *_, r in results["full greedy"]]
+    base_ms = base_cpu = None
     rows = []
     for name, runs in results.items():
-        tokens = sum(len(r.tokens) for _, r in runs)
-        ms = 1000 * sum(t for t, _ in runs) / max(tokens, 1)
-        base_ms = ms if base_ms is None else base_ms
-        stats = [r.stats for _, r in runs]
-        row = {"method": name, "ms_per_token": ms, "speedup": base_ms / ms, "tokens": tokens,
-               "token_agreement": sum(agreement(r.tokens, ref) for (_, r), ref in zip(runs, refs))
-               / max(sum(map(len, refs)), 1),
-               "exact_match": sum(r.tokens == ref for (_, r), ref in zip(runs, refs)) / len(refs)}
+        outs = [r.tokens for *_, r in runs]
+        tokens = sum(map(len, outs))
+        ms = 1000 * sum(t for t, _, _ in runs) / max(tokens, 1)
+        cpu_ms = 1000 * sum(c for _, c, _ in runs) / max(tokens, 1)
+        base_ms, base_cpu = base_ms or ms, base_cpu or cpu_ms
+        stats = [r.stats for *_, r in runs]
+        row = {"method": name, "ms_per_token": ms, "speedup": base_ms / ms, "cpu_ms_per_token": cpu_ms,
+               "cpu_speedup": base_cpu / cpu_ms, "tokens": tokens,
+               "token_agreement": sum(agreement(o, ref) for o, ref in zip(outs, refs)) / max(sum(map(len, refs)), 1),
+               "exact_match": sum(o == ref for o, ref in zip(outs, refs)) / len(refs)}
         if "drafted" in stats[0]:
             drafted = sum(s["drafted"] for s in stats)
             row["drafted"] = drafted
@@ -114,16 +117,17 @@ def run_benchmark(model, prompts: Sequence[torch.Tensor], exit_layer: int, exits
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = "| method | ms/token | speed-up | tokens | token agreement | exact match | draft acceptance | mean exit layer |"
-    lines = [head, "|" + "---|" * 8]
+    head = ("| method | ms/token | speed-up | CPU ms/token | CPU speed-up | tokens | token agreement | exact match "
+            "| drafted | draft acceptance | mean exit layer |")
+    lines = [head, "|" + "---|" * 11]
     fmt = lambda row, key, spec: format(row[key], spec) if key in row else "–"  # noqa: E731
     for r in rows:
         if "note" in r:
-            lines.append(f"| {r['method']} | not run: {r['note']} |  |  |  |  |  |  |")
+            lines.append(f"| {r['method']} | not run: {r['note']} |" + "  |" * 9)
             continue
-        lines.append(f"| {r['method']} | {r['ms_per_token']:.1f} | {r['speedup']:.2f}x | {r['tokens']} | "
-                     f"{r['token_agreement']:.3f} | {r['exact_match']:.2f} | {fmt(r, 'acceptance_rate', '.2f')} | "
-                     f"{fmt(r, 'mean_exit_layer', '.1f')} |")
+        lines.append(f"| {r['method']} | {r['ms_per_token']:.1f} | {r['speedup']:.2f}x | {r['cpu_ms_per_token']:.1f} | "
+                     f"{r['cpu_speedup']:.2f}x | {r['tokens']} | {r['token_agreement']:.3f} | {r['exact_match']:.2f} | "
+                     f"{fmt(r, 'drafted', 'd')} | {fmt(r, 'acceptance_rate', '.2f')} | {fmt(r, 'mean_exit_layer', '.1f')} |")
     return "\n".join(lines)
 
 
