@@ -99,6 +99,8 @@ def hf_self_speculative(model: nn.Module, input_ids: torch.Tensor, exit_layer: i
                         num_draft: int | None = None, eos_token_id: int | None = None) -> DecodeResult:
     """transformers' ``generate(..., assistant_early_exit=exit_layer)``, greedy. Draft / verify counts
     come from forward calls of the first and last decoder layer (the last one runs only to verify).
+    ``num_draft``: tokens drafted per round at a constant schedule (None: transformers' defaults, which
+    also stop a draft early when its confidence is low).
     Needs a model whose forward runs ``layers[:config.num_hidden_layers]`` (LLaMA, Mistral, Qwen2
     do; Falcon runs every layer and fails inside transformers, so it is refused here)."""
     input_ids = _check_batch(input_ids)
@@ -113,15 +115,20 @@ def hf_self_speculative(model: nn.Module, input_ids: torch.Tensor, exit_layer: i
     calls = [0, 0]  # forward calls of the first and the last decoder layer
     hooks = [depth.layers[i].register_forward_hook(lambda *_, j=j: calls.__setitem__(j, calls[j] + 1))
              for j, i in enumerate((0, depth.num_layers - 1))]
-    kwargs = {} if num_draft is None else {"num_assistant_tokens": num_draft,
-                                            "num_assistant_tokens_schedule": "constant"}
+    # the draft length is read from the *assistant's* generation_config (here the model's own), not from
+    # generate's kwargs; None keeps transformers' defaults (20, adapted by its heuristics)
+    gen_config = model.generation_config
+    saved = gen_config.num_assistant_tokens, gen_config.num_assistant_tokens_schedule
+    if num_draft is not None:
+        gen_config.num_assistant_tokens, gen_config.num_assistant_tokens_schedule = num_draft, "constant"
     try:
         with depth.layer_range(0, depth.num_layers):  # the whole model verifies
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                                  max_new_tokens=max_new_tokens, use_cache=True, assistant_early_exit=exit_layer,
                                  eos_token_id=eos_token_id,
-                                 pad_token_id=eos_token_id if eos_token_id is not None else 0, **kwargs)
+                                 pad_token_id=eos_token_id if eos_token_id is not None else 0)
     finally:
+        gen_config.num_assistant_tokens, gen_config.num_assistant_tokens_schedule = saved
         for h in hooks:
             h.remove()
     tokens = _truncate(out[0, input_ids.shape[1]:].tolist(), max_new_tokens, eos_token_id)

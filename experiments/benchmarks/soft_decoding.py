@@ -2,7 +2,9 @@
 
 Methods (greedy, batch 1, KV cache on):
     full greedy               HF ``generate`` at full depth: the baseline and the quality reference
-    hf assistant_early_exit   transformers' self-speculative decoding, draft = first ``--exit-layer`` layers
+    hf assistant_early_exit   transformers' self-speculative decoding, draft = first ``--exit-layer`` layers,
+                              ``--num-draft`` tokens per round ("hf defaults": transformers' own draft-length
+                              schedule and confidence stop)
     ours self-speculative     ours: one shared KV cache, verification runs only the layers above the draft
     confidence early exit     per-token exit at the first confident exit (``--exits``/``--thresholds``),
                               KV back-fill
@@ -67,6 +69,7 @@ def run_benchmark(model, prompts: Sequence[torch.Tensor], exit_layer: int, exits
     methods: dict[str, Callable[[torch.Tensor], DecodeResult]] = {
         "full greedy": lambda ids: greedy_generate(model, ids, **kw),
         "hf assistant_early_exit": lambda ids: hf_self_speculative(model, ids, exit_layer, num_draft=num_draft, **kw),
+        "hf assistant_early_exit, hf defaults": lambda ids: hf_self_speculative(model, ids, exit_layer, **kw),
         "ours self-speculative": lambda ids: self_speculative_generate(model, ids, exit_layer, num_draft=num_draft,
                                                                        **kw),
         "confidence early exit": lambda ids: confidence_early_exit(model, ids, exits, thresholds, **kw),
