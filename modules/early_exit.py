@@ -82,6 +82,14 @@ def run_layers(depth: DecoderDepth, start: int, stop: int, cache, input_ids: tor
     return out[stop]
 
 
+def _check_one_attention_kind(model: nn.Module) -> None:
+    # a forward over layers[start:] indexes config.layer_types from 0 (Qwen2), so the kinds must agree
+    layer_types = getattr(model.config, "layer_types", None)
+    if layer_types and len(set(layer_types)) > 1:
+        raise MultiExitError(f"{type(model).__name__} mixes attention kinds {sorted(set(layer_types))}; "
+                             f"running a layer range needs one kind in every layer")
+
+
 @torch.no_grad()
 def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
                     eos_token_id: int | None = None) -> DecodeResult:
@@ -151,10 +159,7 @@ def self_speculative_generate(model: nn.Module, input_ids: torch.Tensor, exit_la
                              f"shallower than the model)")
     if num_draft < 1:
         raise ValueError(f"num_draft must be >= 1, got {num_draft}")
-    layer_types = getattr(model.config, "layer_types", None)
-    if layer_types and len(set(layer_types)) > 1:
-        raise MultiExitError(f"{type(model).__name__} mixes attention kinds {sorted(set(layer_types))}; our "
-                             f"speculative decoder needs one kind in every layer (use hf_self_speculative)")
+    _check_one_attention_kind(model)
     cache = new_cache(model)
     h = run_layers(depth, 0, N, cache, input_ids=input_ids)  # prefill, all layers: (1, P, C)
     tokens = [int(depth.readout(h[:, -1]).argmax(-1))]
@@ -214,6 +219,7 @@ def confidence_early_exit(model: nn.Module, input_ids: torch.Tensor, exits: Sequ
     depth = DecoderDepth(model)  # run_layers picks layer ranges itself
     N = depth.num_layers
     exits = check_thresholds(depth, exits, thresholds)
+    _check_one_attention_kind(model)
     bounds = [0] + exits + [N]  # segment s runs layers bounds[s]..bounds[s+1]
     thr = [float(t) for t in thresholds] + [0.0]  # the full model always emits
     cache = new_cache(model)
