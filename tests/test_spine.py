@@ -104,7 +104,7 @@ def test_depth_by_rank_grid_on_a_tiny_random_lm(env, data_file, tmp_path):
 
 
 def test_depth_setter_runs_the_first_layers_through_the_shared_norm_and_head(tiny_llama):
-    from modules.depth import DecoderDepth, DepthError
+    from modules.multi_exit import DecoderDepth, MultiExitError
 
     ids = torch.randint(0, 260, (2, 7))
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_depth_setter_runs_the_first_layers_through_the_shared_norm_and_head(tin
         depth.set_depth(2)
         torch.testing.assert_close(tiny_llama(ids).logits, tiny_llama.lm_head(hidden[2]))  # full depth again
         assert len(tiny_llama.model.layers) == 2  # the module tree (and checkpoints) keep every layer
-    with pytest.raises(DepthError, match=r"valid depths are 1..2"):
+    with pytest.raises(MultiExitError, match=r"valid range 1..2"):
         depth.set_depth(3)
 
 

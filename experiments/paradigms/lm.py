@@ -262,14 +262,13 @@ def build_lm(cfg: DictConfig):
     nested = adapter.attach(model, adapter.attach_options(adapter_options(cfg)))
     depth = depth_axis(cfg)
     if depth:
-        from modules.depth import DecoderDepth, DepthError
+        from modules.multi_exit import DecoderDepth, MultiExitError
         from modules.submodel import NestedModel
 
         try:
             decoder = DecoderDepth(model)
-            for n in depth["depth"]:
-                decoder.check(n)
-        except DepthError as err:
+            decoder.check_exits(depth["depth"])
+        except MultiExitError as err:
             raise ConfigError(f"depth.exits: {err}") from None
         nested = NestedModel({**nested.axes_values, **depth}, {**nested.setters, "depth": decoder.set_depth})
     return model, tokenizer, nested
