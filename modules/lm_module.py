@@ -43,6 +43,23 @@ class NestedCausalLM(NestedModule):
         logits = self.model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
         return F.cross_entropy(logits.float(), labels[keep])
 
+    def losses(self, batch: dict[str, torch.Tensor], subs: Sequence[SubModel]) -> list[torch.Tensor]:
+        """Sub-models that differ only in ``depth`` share one pass through the blocks (SoFT: every exit is
+        read from the same forward, modules/multi_exit.py); anything else runs one forward per sub-model."""
+        if len(subs) < 2 or any(sub.get("depth") is None for sub in subs):
+            return super().losses(batch, subs)
+        from modules.multi_exit import multi_exit_loss
+
+        groups: dict[SubModel, list[SubModel]] = {}
+        for sub in subs:  # same adapter rank (or other axes), different exits
+            groups.setdefault(SubModel(tuple(d for d in sub.dims if d[0] != "depth")), []).append(sub)
+        per_sub: dict[SubModel, torch.Tensor] = {}
+        for members in groups.values():
+            self.nested.apply(members[0])  # the group's other axes; the pass below picks its own layer range
+            _, per_exit = multi_exit_loss(self.model, batch, [m["depth"] for m in members])
+            per_sub.update({m: per_exit[m["depth"]] for m in members})
+        return [per_sub[sub] for sub in subs]
+
     def evaluate_submodel(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
         if "mc_input_ids" in batch:
             return {"mc_acc": self.choice_accuracy(batch)}

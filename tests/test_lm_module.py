@@ -176,3 +176,41 @@ def test_mmlu_style_choice_accuracy_matches_a_direct_computation(tmp_path):
     expected = (scores.argmax(-1) == torch.tensor([r["label"] for r in dm.records["mc"]])).float().mean()
     assert module.choice_accuracy(batch).item() == pytest.approx(expected.item())
     assert len({len(r["prompt"]) for r in dm.records["mc"]}) > 1  # padding was exercised
+
+
+def test_exits_of_one_forward_equal_one_forward_per_depth(qa_file):
+    """The `losses` hook: sub-models differing only in depth (SoFT's exits) share one pass through the
+    blocks, with the same losses and gradients as one forward per sub-model."""
+    from transformers import LlamaForCausalLM
+
+    from modules.multi_exit import DecoderDepth
+    from modules.nested_module import NestedModule
+    from modules.submodel import AllSampler, NestedModel
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(num_hidden_layers=3))
+    lora = attach_adapter(model, "nested_lora", r_max=2, r_min=1, alpha=4, target_modules=LORA_TARGETS)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    nested = NestedModel({"rank": [1, 2], "depth": [1, 2, 3]},
+                         {**lora.setters, "depth": DecoderDepth(model).set_depth})
+    module = NestedCausalLM(model, byte_tokenizer(), nested, AllSampler(nested.space),
+                            optimizer=partial(torch.optim.AdamW, lr=1e-3), generate=False)
+    dm = _data(qa_file, batch_size=4)
+    dm.setup()
+    batch = dm.collate(dm.records["train"][:4])
+    subs = nested.space.grid()
+
+    def run(losses_fn):
+        model.zero_grad(set_to_none=True)
+        losses = losses_fn(module, batch, subs)
+        torch.stack(losses).mean().backward()
+        return [float(x) for x in losses], {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    shared, shared_grads = run(NestedCausalLM.losses)
+    separate, separate_grads = run(NestedModule.losses)
+    assert shared == pytest.approx(separate, abs=1e-5)
+    assert len({round(x, 4) for x in shared}) == len(subs)  # every cell is its own sub-model
+    for name in separate_grads:
+        torch.testing.assert_close(shared_grads[name], separate_grads[name], atol=1e-5, rtol=1e-4)
