@@ -151,11 +151,19 @@ def run_study(steps: int, seeds: list[int], d_out: int, d_in: int, r_max: int, l
     return rows
 
 
+def _num(x: float) -> str:
+    """4 decimals; small values in e-notation so their size stays visible; below 1e-6 (the float32
+    resolution of the relative error, where the sign is rounding noise) as 0."""
+    if abs(x) < 1e-6:
+        return "0"
+    return f"{x:.4f}" if abs(x) >= 1e-3 else f"{x:.1e}"
+
+
 def markdown(rows: list[dict], ranks) -> str:
     head = "| scale | sampler | frozen | " + " | ".join(f"rank {b}" for b in ranks) + " |"
     lines = [head, "|" + "---|" * (3 + len(ranks))]
     for r in rows:
-        cells = [f"{r[f'mean@{b}']:.4f} ± {r[f'std@{b}']:.4f}" for b in ranks]
+        cells = [f"{_num(r[f'mean@{b}'])} ± {_num(r[f'std@{b}'])}" for b in ranks]
         lines.append(f"| {r['scale']} | {r['sampler']} | {r['frozen']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
