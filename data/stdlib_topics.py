@@ -23,7 +23,7 @@ import sys
 import uuid
 from pathlib import Path
 
-VERSION = "v1"
+VERSION = "v2"  # v1 could take in methods other libraries attach to stdlib classes
 PACKAGES = ("asyncio", "decimal", "email", "http", "logging", "multiprocessing", "unittest", "xml")
 CAP = 110                 # sentences per package (balanced classes)
 VALIDATION_PERCENT = 20
@@ -53,6 +53,14 @@ def _modules(package: str) -> list:
     return mods
 
 
+def _defined_in(member, cls) -> bool:
+    """A method written in the class body: not one another library attached later (transformers adds
+    ``warning_once`` to ``logging.Logger``), so the task does not depend on what else was imported."""
+    qualname = getattr(member, "__qualname__", "")
+    return (callable(member) and qualname.startswith(cls.__qualname__ + ".")
+            and getattr(member, "__module__", None) in (None, cls.__module__))
+
+
 def package_sentences(package: str) -> list[str]:
     """Distinct docstring first sentences of what ``package`` defines (20-300 characters), sorted."""
     out = set()
@@ -62,7 +70,7 @@ def package_sentences(package: str) -> list[str]:
                 continue
             objs = [obj]
             if inspect.isclass(obj):
-                objs += [v for k, v in sorted(vars(obj).items()) if not k.startswith("_") and callable(v)]
+                objs += [v for k, v in sorted(vars(obj).items()) if not k.startswith("_") and _defined_in(v, obj)]
             for x in objs:
                 doc = inspect.getdoc(x) if x is obj else (getattr(x, "__doc__", None) or "")
                 sentence = first_sentence(doc) if doc else ""
