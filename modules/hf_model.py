@@ -47,19 +47,21 @@ def _cache_root() -> Path:
     return Path(base) / "efficient-transformers-lab"
 
 
-def materialize_random(arch: str, config_kwargs: dict[str, Any], seed: int = 0) -> Path:
+def materialize_random(arch: str, config_kwargs: dict[str, Any], seed: int = 0, head: str = "causal_lm") -> Path:
     """Save a randomly initialised model of ``arch`` once, so it loads through from_pretrained
-    (and therefore through the same quantization path) as a real checkpoint does."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    (and therefore through the same quantization path) as a real checkpoint does. ``head="none"`` saves the
+    bare backbone (an encoder for sequence classification: its head is new at load, as for a real one)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    key = hashlib.sha256(json.dumps([arch, config_kwargs, seed], sort_keys=True).encode()).hexdigest()[:12]
+    keyed = [arch, config_kwargs, seed] + ([head] if head != "causal_lm" else [])  # causal-LM keys unchanged
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
     folder = _cache_root() / "models" / f"random-{arch}-{key}"
     if (folder / "config.json").exists():
         return folder
     config = AutoConfig.for_model(arch, **config_kwargs)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG must not depend on whether the cache was warm
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
+        model = (AutoModelForCausalLM if head == "causal_lm" else AutoModel).from_config(config)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     byte_tokenizer().save_pretrained(tmp)
@@ -67,10 +69,10 @@ def materialize_random(arch: str, config_kwargs: dict[str, Any], seed: int = 0) 
     return folder
 
 
-def resolve(name_or_path: str, random_config: dict | None = None) -> str:
+def resolve(name_or_path: str, random_config: dict | None = None, head: str = "causal_lm") -> str:
     """An offline alias, ``random:<arch>``, a local folder, or an HF id -> what from_pretrained takes."""
     if name_or_path.startswith(RANDOM_PREFIX):
-        return str(materialize_random(name_or_path[len(RANDOM_PREFIX):], dict(random_config or {})))
+        return str(materialize_random(name_or_path[len(RANDOM_PREFIX):], dict(random_config or {}), head=head))
     from modules.offline import resolve_model_path
 
     return resolve_model_path(name_or_path)
@@ -104,6 +106,25 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", quantization_confi
         # Non-reentrant checkpointing needs no input grads, so a fully frozen base still works.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # training; generation turns the cache back on per call
+    return model, tokenizer
+
+
+def load_sequence_classifier(name_or_path: str, num_labels: int, dtype: str = "float32",
+                             random_config: dict | None = None) -> tuple[nn.Module, Any]:
+    """(AutoModelForSequenceClassification, tokenizer) by hub id, folder, offline alias or ``random:<arch>``;
+    ``num_labels=1`` is regression (MSE). The classification head is new (re-initialised when its size
+    differs from the checkpoint's)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve(name_or_path, random_config, head="none")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=num_labels, dtype=torch_dtype(dtype), ignore_mismatched_sizes=True,
+        problem_type="regression" if num_labels == 1 else "single_label_classification")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 

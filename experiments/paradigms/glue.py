@@ -1,0 +1,259 @@
+"""The text-classification paradigm (GLUE; KronA first): its groups' schemas, checks, building, costs.
+
+An HF ``AutoModelForSequenceClassification`` (BERT / RoBERTa / MiniLM / T5 through its classification head)
+with an adapter attached to its backbone through the adapter contract (``adapter=krona|lora|dylora|none``);
+the classification head is new and always trains (as PEFT's ``modules_to_save`` for sequence
+classification). The nested space is the adapter's axes (``kron_rank``, ``rank``); the evaluation grid is
+their evaluated values. Data: ``data/glue.py`` (GLUE's validation set is our test split).
+
+After the grid evaluation ``results.json`` gets the parameter counts (``params/trainable_pct``: trainable
+over all parameters, head included; ``params/adapter_pct``: without the head) and the measured inference
+latency of one batch through the adapted model (``latency/ms``, adapter unmerged, the largest sub-model)
+against the base model without any adapter, loaded again (``latency/base_ms``, ``latency/relative``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.core.config import ConfigError, get, instantiate
+from experiments.core.schema import opt
+from experiments.paradigms.base import Paradigm
+from experiments.paradigms.lm import adapter_of, adapter_options, check_model_path, eval_grid, training_sampler
+
+
+# --- the schemas of its groups --------------------------------------------------------------------
+@dataclasses.dataclass
+class ModelSchema:
+    closed: ClassVar[bool] = False
+    name_or_path: str = ""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora_targets: Union[list[str], str] = dataclasses.field(default_factory=list)
+    random_config: Optional[dict] = None
+
+
+@dataclasses.dataclass
+class DataSchema:
+    closed: ClassVar[bool] = False
+    task: str = "sst2"
+    source: str = "hf"
+    hf_id: str = "nyu-mll/glue"
+    metric: str = "acc"
+    max_length: int = opt(128, min=1)
+    batch_size: int = opt(32, min=1)
+    eval_batch_size: int = opt(64, min=1)
+    val_size: Union[int, float] = opt(0.05, min=0)
+    split_seed: int = 0
+    limit_train: Optional[int] = opt(None, min=1)
+    limit_val: Optional[int] = opt(None, min=1)
+    limit_test: Optional[int] = opt(None, min=1)
+    num_workers: int = opt(0, min=0)
+
+
+@dataclasses.dataclass
+class EvalSchema:
+    closed: ClassVar[bool] = True
+    ckpt_path: Optional[str] = None
+    metric: str = "test/acc"
+    higher_is_better: bool = True
+
+
+@dataclasses.dataclass
+class ExportSchema:
+    closed: ClassVar[bool] = True
+    submodels: list[str] = dataclasses.field(default_factory=list)
+    dir: str = "exports"
+
+
+@dataclasses.dataclass
+class LatencySchema:
+    closed: ClassVar[bool] = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = opt(32, min=1)
+    warmup: int = opt(2, min=0)
+    repeats: int = opt(10, min=0)
+
+
+# --- validation -------------------------------------------------------------------------------------
+def task_of(cfg: DictConfig):
+    from data.glue import get_task
+
+    try:
+        return get_task(str(get(cfg, "data.task")))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def validate(cfg: DictConfig) -> None:
+    from data.glue import BUILTIN, SOURCES
+    from modules.adapters import AdapterError
+
+    adapter = adapter_of(cfg)
+    try:
+        adapter.check(adapter_options(cfg))
+    except AdapterError as err:
+        raise ConfigError(str(err)) from None
+    training_sampler(cfg, adapter.axes(adapter_options(cfg)))
+    task = task_of(cfg)
+    source = str(get(cfg, "data.source"))
+    if source == "builtin" and task.name not in BUILTIN:
+        raise ConfigError(f"data.source=builtin but data.task={task.name!r} is not built offline; built-in tasks: "
+                          f"{', '.join(sorted(BUILTIN))} (GLUE tasks: data.source=hf or a local folder)")
+    if source not in SOURCES and not Path(source).expanduser().is_dir():
+        raise ConfigError(f"data.source={source!r}: no such folder; valid choices: {', '.join(SOURCES)} or a "
+                          "local folder with GLUE's train/validation .tsv|.csv files")
+    metric = str(get(cfg, "eval.metric"))
+    split, _, name = metric.partition("/")
+    if split not in ("val", "test") or name not in ("loss", *task.metrics):
+        raise ConfigError(f"eval.metric={metric!r} is not measured for data.task={task.name}; valid choices: "
+                          + ", ".join(f"{s}/{n}" for s in ("test", "val") for n in (*task.metrics, "loss")))
+    device = get(cfg, "latency.device", "auto")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("latency.device=cuda but no CUDA device is available; valid choices here: auto, cpu")
+    for choice in get(cfg, "export.submodels") or []:
+        raise ConfigError(f"export.submodels: {choice!r}: the GLUE paradigm exports nothing yet; use export.submodels=[]")
+    check_model_path(str(get(cfg, "model.name_or_path")))
+
+
+# --- building ---------------------------------------------------------------------------------------
+def load_model(cfg: DictConfig, num_labels: int):
+    from modules.hf_model import load_sequence_classifier
+    from modules.offline import OfflineModelError
+
+    m = cfg.model
+    random_config = OmegaConf.to_container(m.random_config) if m.get("random_config") else None
+    try:
+        return load_sequence_classifier(str(m.name_or_path), num_labels, m.dtype, random_config)
+    except OfflineModelError as err:
+        raise ConfigError(str(err)) from None
+    except OSError as err:  # not on the hub / not cached offline / not a model folder
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model.name_or_path={m.name_or_path!r} could not be loaded: {first}") from None
+
+
+def head_parameters(model) -> list:
+    """Parameters outside the backbone (the classification head: ``classifier``, ``classification_head``)."""
+    backbone = {id(p) for p in model.base_model.parameters()}
+    return [p for p in model.parameters() if id(p) not in backbone]
+
+
+def build(cfg: DictConfig):
+    from modules.adapters import AdapterError
+    from modules.classifier_module import NestedSequenceClassifier
+
+    task = task_of(cfg)
+    model, tokenizer = load_model(cfg, task.num_labels)
+    adapter = adapter_of(cfg)
+    try:  # the adapter sees the backbone only: it freezes that and wraps its layers; the head stays trainable
+        nested = adapter.attach(model.base_model, adapter.attach_options(adapter_options(cfg)))
+    except (AdapterError, ValueError, TypeError) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    for p in head_parameters(model):
+        p.requires_grad_(True)
+    module = NestedSequenceClassifier(model, nested, training_sampler(cfg, nested.space.axes),
+                                      optimizer=instantiate(cfg.optimizer),
+                                      scheduler=OmegaConf.to_container(cfg.scheduler),
+                                      eval_grid=eval_grid(cfg, nested), num_labels=task.num_labels,
+                                      metrics=task.metrics)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed)
+    return module, datamodule
+
+
+# --- after the grid evaluation: parameters and latency -------------------------------------------------
+def parameter_metrics(model) -> dict[str, float]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    head = sum(p.numel() for p in head_parameters(model))
+    return {"params/total": float(total), "params/trainable": float(trainable),
+            "params/trainable_pct": 100.0 * trainable / total, "params/head": float(head),
+            "params/adapter_pct": 100.0 * (trainable - head) / total}
+
+
+def latency_device(cfg: DictConfig):
+    import torch
+
+    want = get(cfg, "latency.device", "auto")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()
+                          and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def measure_latency_ms(model, batch: dict, warmup: int = 2, repeats: int = 10) -> float:
+    """Median wall time of one forward of ``batch`` (already on the model's device), in ms."""
+    import torch
+
+    device = next(model.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + max(repeats, 1)):
+            sync()
+            start = time.perf_counter()
+            model(**inputs)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def latency_metrics(cfg: DictConfig, module, datamodule) -> dict[str, Any]:
+    """``latency/ms`` (adapted, largest sub-model), ``latency/base_ms`` (the base model, no adapter),
+    ``latency/relative``: one forward of the same batch (the first ``latency.batch_size`` test rows)."""
+    repeats, warmup = int(get(cfg, "latency.repeats", 10)), int(get(cfg, "latency.warmup", 2))
+    if repeats <= 0:
+        return {}
+    datamodule.setup("test")
+    rows = datamodule.test_sets[0][: int(get(cfg, "latency.batch_size", 32))]
+    device = latency_device(cfg)
+    batch = {k: v.to(device) for k, v in datamodule.collate(rows).items()}
+    base, _ = load_model(cfg, datamodule.num_labels)
+    model = module.model
+    was_training, old_device = model.training, next(model.parameters()).device
+    module.nested.apply(module.nested.space.largest)
+    try:
+        model.eval().to(device)
+        base.eval().to(device)
+        adapted_ms = measure_latency_ms(model, batch, warmup, repeats)
+        base_ms = measure_latency_ms(base, batch, warmup, repeats)
+    finally:
+        model.to(old_device).train(was_training)
+        del base
+    return {"latency/ms": adapted_ms, "latency/base_ms": base_ms, "latency/relative": adapted_ms / base_ms,
+            "latency/batch_size": float(len(rows)), "latency/device": str(device)}
+
+
+class GlueParadigm(Paradigm):
+    name = "glue"
+    PLOT_METRICS = ("test/acc", "test/loss")
+
+    def __init__(self):
+        self._datamodule = None
+
+    def schemas(self, cfg: DictConfig) -> dict[str, type]:
+        return {"model": ModelSchema, "data": DataSchema, "eval": EvalSchema, "export": ExportSchema,
+                "latency": LatencySchema, "adapter": adapter_of(cfg).options_schema}
+
+    def validate(self, cfg: DictConfig) -> None:
+        validate(cfg)
+
+    def build(self, cfg: DictConfig):
+        module, self._datamodule = build(cfg)
+        return module, self._datamodule
+
+    def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
+        metrics.update(parameter_metrics(module.model))
+        metrics["adapter"] = str(get(cfg, "adapter.kind"))
+        metrics["task"] = str(get(cfg, "data.task"))
+        if self._datamodule is not None:
+            metrics.update(latency_metrics(cfg, module, self._datamodule))
+        return []
