@@ -179,3 +179,17 @@ def test_intent_probe_is_right_only_when_all_three_slots_are():
     assert correct.tolist() == [True, False]
     weighted = SpeechProbe(num_layers=3, input_dim=8, num_classes=[5], hidden_dim=4)
     assert weighted.cell.key == "layer=-1" and weighted.layer_weights() == pytest.approx([1 / 3] * 3)
+
+
+def test_benchmark_counts_one_pass_per_clip_and_condition(tiny_whisper, tmp_path):
+    from experiments.benchmarks.speech_cache import cached_vs_recomputed, count_passes
+    from modules.speech.upstream import WhisperUpstream
+
+    rng = np.random.default_rng(1)
+    waves = {f"u{i}": (0.1 * rng.standard_normal(3200 + 320 * (i % 2))).astype(np.float32) for i in range(4)}
+    up = WhisperUpstream(tiny_whisper, pad_to_30s=False)
+    passes = count_passes(up, waves, ["clean", "snr10_white"], tmp_path / "a")
+    assert passes["first"] == {("bench", "clean"): 4, ("bench", "snr10_white"): 4} and passes["second"] == {}
+    speed = cached_vs_recomputed(up, waves, torch.tensor([0, 1, 0, 1]), probes=2, steps=2, batch_size=2,
+                                 folder=tmp_path / "b")
+    assert speed["encoder_passes_cached"] == 4 and speed["encoder_passes_recomputed"] == 8 and speed["cached_s"] > 0
