@@ -112,6 +112,24 @@ def test_cache_encodes_each_utterance_once_per_condition_and_is_reused(first_run
     assert not any(k.startswith("weights/") for k in results)  # no weighted probe in this run
 
 
+def test_rerun_keeps_finished_probes_and_continues_the_rest(first_run, env, tiny_whisper, corpus):
+    run_dir, _ = first_run
+    before = json.loads((run_dir / "results.json").read_text())
+    again = run(tiny_args(tiny_whisper, corpus, run_dir), env)  # finished: nothing is redone
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
+    (run_dir / "results.json").unlink()  # as if killed after two probes and during the third
+    (run_dir / "probes" / "layer_2" / "metrics.json").unlink()
+    again = run(tiny_args(tiny_whisper, corpus, run_dir), env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "probe weighted: finished earlier" in again.stdout and "probe layer_0: finished earlier" in again.stdout
+    assert "probe layer_2: resuming from" in again.stdout
+    after = json.loads((run_dir / "results.json").read_text())
+    for key, value in before.items():
+        if key.startswith(("test/", "val/", "weights/", "best/")):
+            assert after[key] == pytest.approx(value, abs=1e-6), key
+    assert after["cache/encoder_passes"] == 0
+
+
 @pytest.mark.parametrize("override, message", [
     ("corruption.conditions=[clean,snr10_purple]", "corruption.conditions: unknown noise 'purple'"),
     ("data.task=sneezes", "data.task='sneezes' is not an option; valid choices: keywords, speakers"),
