@@ -43,9 +43,22 @@ class _Indices(Sequence):
         return i
 
 
+class _OnCPU:
+    """An upstream on another device that hands the cache its hidden states on the CPU."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.name, self.pad_to_30s, self.fingerprint = upstream.name, upstream.pad_to_30s, upstream.fingerprint
+
+    def __call__(self, waves):
+        hidden, lengths = self.upstream(waves)
+        return hidden.cpu(), lengths.cpu()
+
+
 class SpeechDataModule(pl.LightningDataModule):
     def __init__(self, task: str = "keywords", root: str | None = None, fold: int = 1,
                  model: str = "whisper-tiny.en", pad_to_30s: bool = True, dtype: str = "float32",
+                 encode_device: str = "cpu",
                  conditions: Sequence[str] = ("clean",), train_condition: str = "clean",
                  corruption_seed: int = 0, noise_dir: str | None = None, rir_dir: str | None = None,
                  babble_talkers: int = 5, babble_pool: int = 200,
@@ -55,7 +68,7 @@ class SpeechDataModule(pl.LightningDataModule):
         super().__init__()
         check_task(task, root)
         self.task, self.root, self.fold = task, root, fold
-        self.model, self.pad_to_30s, self.dtype = model, pad_to_30s, dtype
+        self.model, self.pad_to_30s, self.dtype, self.encode_device = model, pad_to_30s, dtype, encode_device
         self.conditions = [parse_condition(c) for c in conditions]
         if not self.conditions:
             raise SpeechDataError("corruption.conditions is empty; give at least [clean]")
@@ -101,6 +114,8 @@ class SpeechDataModule(pl.LightningDataModule):
             babble = {i: waves["train"][i] for i in ids[::step][: self.babble_pool_size]}
         upstream = WhisperUpstream(self.model, pad_to_30s=self.pad_to_30s, dtype=self.dtype)
         self.num_layers, self.hidden_size = upstream.num_layers, upstream.hidden_size
+        if self.encode_device != "cpu":  # the encoder on the GPU while the cache is built
+            upstream = _OnCPU(upstream.to(self.encode_device))
         corruptor = Corruptor(seed=self.corruption_seed, noise_dir=self.noise_dir, rir_dir=self.rir_dir,
                               babble_pool=babble, babble_talkers=self.babble_talkers)
         cache = FeatureCache(self.cache_folder(), upstream, corruptor, batch_size=self.encode_batch_size)

@@ -159,6 +159,7 @@ def test_bad_input_is_one_line_before_anything_loads(override, message, tmp_path
     (["data=intents_synth", "probe.head=mean_pool"], "probe.head=mean_pool does not fit data.task=intents"),
     (["data=voxceleb1"], "data.task=voxceleb1 reads a corpus folder: set data.root"),
     (["+data.colour=red"], "data.colour is not an option of data"),
+    (["model.device=tpu"], "model.device='tpu' is not an option; valid choices: auto, cpu, cuda"),
 ])
 def test_more_bad_input_is_one_line_in_process(overrides, message):
     from experiments.core import tasks
@@ -169,6 +170,16 @@ def test_more_bad_input_is_one_line_in_process(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")) as err:
         tasks.validate(cfg, machine=True)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_encoder_on_a_cpu_machine_is_one_line():
+    from experiments.core import tasks
+    from experiments.core.config import ConfigError
+    from tests.test_configs import compose_cfg
+
+    with pytest.raises(ConfigError, match="model.device=cuda but this machine has no CUDA device"):
+        tasks.validate(compose_cfg(["experiment=whisper/quick", "model.device=cuda"]), machine=True)
 
 
 def test_condition_keys_parse_back_and_presets_name_every_grid_condition():

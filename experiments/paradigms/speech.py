@@ -44,6 +44,7 @@ class ModelSchema:
     name_or_path: str = "whisper-tiny.en"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     encoder_layers: Optional[int] = opt(None, min=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclasses.dataclass
@@ -144,13 +145,25 @@ def layer_tag(layer: int) -> str:
     return "weighted" if layer == WEIGHTED else f"layer_{layer}"
 
 
+def encode_device(cfg: DictConfig) -> str:
+    """Where the frozen encoder runs while the cache is built: ``model.device`` (auto = the GPU when the
+    trainer uses one and it is present)."""
+    import torch
+
+    want = get(cfg, "model.device", "auto")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()
+                          and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
+        return "cuda"
+    return "cpu"
+
+
 def build_datamodule(cfg: DictConfig):
     from data.speech import SpeechDataModule
 
     data = {k: v for k, v in _plain(cfg.data).items() if k != "_target_"}
     corruption = _plain(cfg.corruption)
     return SpeechDataModule(**data, model=str(get(cfg, "model.name_or_path")), dtype=get(cfg, "model.dtype", "float32"),
-                            pad_to_30s=bool(get(cfg, "probe.pad_to_30s", True)),
+                            pad_to_30s=bool(get(cfg, "probe.pad_to_30s", True)), encode_device=encode_device(cfg),
                             conditions=corruption["conditions"], train_condition=corruption["train_condition"],
                             corruption_seed=corruption["seed"], noise_dir=corruption.get("noise_dir"),
                             rir_dir=corruption.get("rir_dir"), babble_talkers=corruption["babble_talkers"],
@@ -287,13 +300,18 @@ class SpeechParadigm(Paradigm):
         head_of(cfg)
 
     def check_resources(self, cfg: DictConfig) -> None:
-        """This machine has the corpus: ``data.root`` is set, exists and is not empty (before anything loads)."""
+        """This machine has the corpus (``data.root`` set, there, not empty) and the encoder's device."""
         from data.speech_tasks import SpeechDataError, check_task
 
         try:
             check_task(get(cfg, "data.task"), get(cfg, "data.root"))
         except SpeechDataError as err:
             raise ConfigError(str(err)) from None
+        if get(cfg, "model.device") == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("model.device=cuda but this machine has no CUDA device; valid choices here: auto, cpu")
 
     def evaluate_checkpoint(self, ctx) -> float | None:
         raise ConfigError("task=eval: a speech run trains one probe per layer; rerun task=train with "
