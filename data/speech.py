@@ -10,7 +10,8 @@ later run with the same audio, encoder and settings reads the shards from disk. 
 - test: the test split under every condition of ``conditions`` (one loader each), named by
   ``eval_conditions("test")``: ``[{"condition": "clean"}, {"condition": "snr10_white"}, ...]``.
 
-A batch is ``{"hidden": (L+1, B, T, C), "lengths": (B,), "labels": (B,) or (B, slots)}``. The training
+A batch is ``{"hidden": (L+1, B, T, C), "lengths": (B,), "labels": (B,) or (B, slots)}``; after
+``set_layer(i)`` (a single-layer probe) ``hidden`` is that state only, (1, B, T, C). The training
 loader is ``data/resumable.py``'s (exact resume mid-epoch).
 
 Conditions are written as metric keys (``clean``, ``snr10_white``, ``rt60_0.6``, ``rt60_0.3_snr5_babble``)
@@ -81,6 +82,7 @@ class SpeechDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.prepared = False
         self.stats: dict[str, Any] = {}
+        self.layer: int | None = None  # set_layer: batches carry only this hidden state (single-layer probes)
 
     # --- the cache: once, before any probe -------------------------------------------------------
     def _items(self, speech_set, split: str, limit: int | None):
@@ -154,10 +156,15 @@ class SpeechDataModule(pl.LightningDataModule):
             return [{"condition": c.key} for c in self.conditions]
         return [{"condition": "clean"}]
 
-    @staticmethod
-    def _collate(features, labels):
+    def set_layer(self, layer: int | None) -> None:
+        """Loaders built from now on gather only hidden state ``layer`` ((1, B, T, C)); None: all of them."""
+        self.layer = layer
+
+    def _collate(self, features, labels):
+        layer = self.layer
+
         def collate(indices: list[int]) -> dict[str, torch.Tensor]:
-            hidden, lengths = features.batch(indices)
+            hidden, lengths = features.batch(indices, layer)
             return {"hidden": hidden, "lengths": lengths, "labels": labels[indices]}
 
         return collate

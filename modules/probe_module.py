@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from modules.base_module import BaseModule
-from modules.speech.featurizer import build_featurizer
+from modules.speech.featurizer import SingleLayer, build_featurizer
 from modules.speech.heads import IntentHead, MeanPoolHead, intent_correct
 from modules.submodel import SubModel
 
@@ -50,7 +50,15 @@ class SpeechProbe(BaseModule):
         self.cell = SubModel.of(layer=layer_value(layer))
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> Any:
+        """hidden: all states (L+1, B, T, C), or for a single-layer probe just its own (1, B, T, C)."""
+        if isinstance(self.featurizer, SingleLayer) and hidden.shape[0] == 1 < self.featurizer.num_layers:
+            return self.head(hidden[0], lengths)  # the loader gathered the probed layer only
         return self.head(self.featurizer(hidden), lengths)
+
+    @property
+    def probed_layer(self) -> int | None:
+        """The hidden state a single-layer probe reads (the loader need gather no other); None: all."""
+        return self.featurizer.layer if isinstance(self.featurizer, SingleLayer) else None
 
     def loss_and_correct(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits, labels = self(batch["hidden"], batch["lengths"]), batch["labels"]

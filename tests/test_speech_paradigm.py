@@ -222,3 +222,19 @@ def test_benchmark_counts_one_pass_per_clip_and_condition(tiny_whisper, tmp_path
     speed = cached_vs_recomputed(up, waves, torch.tensor([0, 1, 0, 1]), probes=2, steps=2, batch_size=2,
                                  folder=tmp_path / "b")
     assert speed["encoder_passes_cached"] == 4 and speed["encoder_passes_recomputed"] == 8 and speed["cached_s"] > 0
+
+
+def test_single_layer_probe_reads_the_same_from_a_gathered_batch():
+    from modules.probe_module import SpeechProbe
+    from modules.speech.cache import CachedFeatures
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([3, 5, 2])
+    hidden = torch.randn(4, int(lengths.sum()), 8).half()  # (L+1, sum T, C) as a shard holds it
+    feats = CachedFeatures(["a", "b", "c"], hidden, torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]))
+    full, full_len = feats.batch([2, 0, 1])
+    one, one_len = feats.batch([2, 0, 1], layer=2)
+    assert one.shape == (1, 3, 5, 8) and torch.equal(one[0], full[2]) and torch.equal(one_len, full_len)
+    probe = SpeechProbe(num_layers=4, input_dim=8, num_classes=[3], layer=2, hidden_dim=4)
+    assert probe.probed_layer == 2 and SpeechProbe(4, 8, [3], hidden_dim=4).probed_layer is None
+    assert torch.equal(probe(full, full_len), probe(one, one_len))

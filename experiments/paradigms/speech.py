@@ -388,6 +388,7 @@ class SpeechParadigm(Paradigm):
                              hidden_dim=int(get(cfg, "probe.hidden_dim", 256)),
                              layer_norm=bool(get(cfg, "probe.layer_norm", False)),
                              optimizer=instantiate(cfg.optimizer), scheduler=_plain(cfg.scheduler))
+        datamodule.set_layer(module.probed_layer)  # a single-layer probe's batches carry its layer only
         trainer = build_trainer(_probe_cfg(cfg, tag), folder)
         last = folder / CHECKPOINT_DIR / LAST
         ckpt = str(last) if resume and last.is_file() else None
