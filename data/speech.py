@@ -65,7 +65,7 @@ class SpeechDataModule(pl.LightningDataModule):
                  babble_talkers: int = 5, babble_pool: int = 200,
                  batch_size: int = 32, eval_batch_size: int = 64, limit_train: int | None = None,
                  limit_eval: int | None = None, encode_batch_size: int = 16, cache_dir: str | None = None,
-                 num_workers: int = 0, seed: int = 0, **_: Any):
+                 num_workers: int = 0, seed: int = 0):
         super().__init__()
         check_task(task, root)
         self.task, self.root, self.fold = task, root, fold
