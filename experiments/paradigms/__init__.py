@@ -11,6 +11,7 @@ PARADIGMS: dict[str, str] = {
     "lm": "experiments.paradigms.lm:LMParadigm",
     "vision": "experiments.paradigms.vision:VisionParadigm",
     "glue": "experiments.paradigms.glue:GlueParadigm",
+    "speech": "experiments.paradigms.speech:SpeechParadigm",
 }
 _registered: dict[str, object] = {}
 

@@ -48,13 +48,15 @@ class CachedFeatures:
     def __getitem__(self, i: int) -> torch.Tensor:
         return self._hidden[:, self._offsets[i]:self._offsets[i + 1]].float()  # (L+1, T_i, C)
 
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero-padded (L+1, B, T_max, C) and lengths (B,), ready for featurizer + head."""
-        items = [self[i] for i in indices]
+    def batch(self, indices: Sequence[int], layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-padded (L+1, B, T_max, C) float32 and lengths (B,), ready for featurizer + head;
+        ``layer``: that hidden state only, (1, B, T_max, C) (a single-layer probe reads 1/(L+1) of the data)."""
+        rows = slice(None) if layer is None else slice(layer, layer + 1)
+        items = [self._hidden[rows, self._offsets[i]:self._offsets[i + 1]] for i in indices]  # fp16 views
         t_max = max(x.shape[1] for x in items)
         out = torch.zeros(items[0].shape[0], len(items), t_max, items[0].shape[2])
         for b, x in enumerate(items):
-            out[:, b, : x.shape[1]] = x
+            out[:, b, : x.shape[1]] = x  # fp16 -> fp32 in the copy
         return out, self.lengths[list(indices)]
 
     def pooled(self) -> torch.Tensor:
