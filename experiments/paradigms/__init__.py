@@ -10,6 +10,7 @@ import importlib
 PARADIGMS: dict[str, str] = {
     "lm": "experiments.paradigms.lm:LMParadigm",
     "vision": "experiments.paradigms.vision:VisionParadigm",
+    "continual": "experiments.paradigms.continual:ContinualParadigm",
 }
 _registered: dict[str, object] = {}
 
