@@ -138,9 +138,9 @@ def _train_cached_classifier(path: Path, data, seed: int, epochs: int, width: in
 
     from modules.continual.evaluation import SmallClassifier, load_classifier, save_classifier, train_classifier
 
-    if path.is_file():
-        return load_classifier(path)
-    with torch.random.fork_rng():
+    with torch.random.fork_rng():  # building a classifier (also to load one) draws initial weights
+        if path.is_file():
+            return load_classifier(path)
         torch.manual_seed(seed)
         model = SmallClassifier(data.image_shape, data.num_classes, width=width, feature_dim=feature_dim)
         train_classifier(model, *data.train, epochs=epochs, seed=seed)
@@ -148,6 +148,16 @@ def _train_cached_classifier(path: Path, data, seed: int, epochs: int, width: in
     save_classifier(model, tmp)
     os.replace(tmp, path)
     return model.eval()
+
+
+def _load_quietly(path: str, key: str):
+    """``load_classifier`` without moving the global RNG (the generator's initial weights come after it)."""
+    import torch
+
+    from modules.continual.evaluation import load_classifier
+
+    with torch.random.fork_rng():
+        return load_classifier(path, key=key)
 
 
 def classifier_path(cfg: DictConfig, data, role: str, seed: int, epochs: int) -> Path:
@@ -159,12 +169,12 @@ def classifier_path(cfg: DictConfig, data, role: str, seed: int, epochs: int) ->
 
 def scoring_classifier(cfg: DictConfig, data):
     """The classifier that scores generated samples, and its accuracy on the real test images."""
-    from modules.continual.evaluation import classifier_accuracy, load_classifier
+    from modules.continual.evaluation import classifier_accuracy
 
     given = get(cfg, "eval.classifier_checkpoint")
     epochs = int(get(cfg, "eval.classifier_epochs", 20))
     if given:
-        model = load_classifier(given)
+        model = _load_quietly(given, "eval.classifier_checkpoint")
     else:
         model = _train_cached_classifier(classifier_path(cfg, data, "scorer", cfg.seed, epochs), data, cfg.seed, epochs)
     acc = classifier_accuracy(model, *data.test)
@@ -177,11 +187,9 @@ def scoring_classifier(cfg: DictConfig, data):
 
 def phi_classifier(cfg: DictConfig, data):
     """φ = a second classifier (other seed, narrower), so the regulariser never sees the scorer itself."""
-    from modules.continual.evaluation import load_classifier
-
     given = get(cfg, "regularizer.phi_checkpoint")
     if given:
-        return load_classifier(given, key="regularizer.phi_checkpoint")
+        return _load_quietly(given, "regularizer.phi_checkpoint")
     epochs = int(get(cfg, "eval.classifier_epochs", 20))
     path = classifier_path(cfg, data, "phi", cfg.seed + 1, epochs)
     return _train_cached_classifier(path, data, cfg.seed + 1, epochs, width=16, feature_dim=64)
