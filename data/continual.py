@@ -16,36 +16,16 @@ with the same batches.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from data.continual_sources import SOURCES
 from data.images import FASHION_MNIST_DIR, _pil_to_uint8, load_digits_split, load_fashion_mnist, split_indices
 from data.resumable import resumable_loader
 from modules.continual.tasks import TaskSplitError, TaskStream, class_indices
-
-
-@dataclass(frozen=True)
-class ContinualSource:
-    shape: tuple[int, int, int] | None  # (C, H, W); None: known once loaded
-    num_classes: int | None
-    hf_id: str | None = None
-    hf_config: str | None = None
-    image_column: str = "image"
-    label_column: str = "label"
-
-
-SOURCES = {
-    "digits": ContinualSource((1, 8, 8), 10),
-    "fashion_mnist": ContinualSource((1, 28, 28), 10),
-    "mnist": ContinualSource((1, 28, 28), 10, "ylecun/mnist"),
-    "svhn": ContinualSource((3, 32, 32), 10, "ufldl-stanford/svhn", "cropped_digits"),
-    "cifar10": ContinualSource((3, 32, 32), 10, "uoft-cs/cifar10", None, "img", "label"),
-    "hf": ContinualSource(None, None),
-}
 
 
 def to_pm1(images: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ from tests.conftest import ROOT
 from tests.test_run import run
 
 TINY = ["experiment=focl/quick", "data.classes_per_task=5", "continual.steps_per_task=40", "checkpoint.every_n_steps=5",
-        "continual.replay_batch=16", "eval.n_per_class=20", "eval.samples_per_class=4", "logger=none"]
+        "continual.replay_batch=16", "eval.n_per_class=20", "eval.samples_per_class=4", "eval.classifier_epochs=8",
+        "logger=none"]
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,19 @@ def test_sigkill_in_the_second_task_then_the_same_command_gives_the_uninterrupte
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from {ckpt} (task t1" in again.stdout and "already finished" not in again.stdout
     assert _results(killed) == _results(straight[0])
-    rerun = run([*TINY, f"hydra.run.dir={killed}"], env)  # now it is finished
-    assert rerun.returncode == 0 and "already finished" in rerun.stdout
+
+
+def test_a_run_is_finished_only_when_every_task_is_done(tmp_path):
+    from omegaconf import OmegaConf
+
+    from experiments.core.runtime import RunContext
+    from experiments.paradigms.continual import ContinualParadigm
+
+    ctx = RunContext(OmegaConf.create({"checkpoint": {"resume": True}}), tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"tasks/done": 1, "tasks/total": 2}))
+    assert ContinualParadigm().finished_results(ctx) is None  # killed after task 0: it continues
+    (tmp_path / "results.json").write_text(json.dumps({"tasks/done": 2, "tasks/total": 2}))
+    assert ContinualParadigm().finished_results(ctx) == {"tasks/done": 2, "tasks/total": 2}
 
 
 def test_a_split_that_repeats_a_class_is_one_line_before_anything_loads(env, tmp_path):

@@ -260,8 +260,7 @@ class ContinualParadigm(Paradigm):
                 "continual": ContinualSchema, "eval": ContinualEvalSchema}
 
     def validate(self, cfg: DictConfig) -> None:
-        from data.continual import SOURCES
-        from modules.continual.gan import _check_shape
+        from data.continual_sources import FASHION_MNIST_DIR, FASHION_MNIST_FILES, SOURCES
 
         task_split(cfg)
         source = get(cfg, "data.source")
@@ -269,16 +268,9 @@ class ContinualParadigm(Paradigm):
         if info.num_classes is not None and info.num_classes != int(get(cfg, "data.num_classes")):
             raise ConfigError(f"data.num_classes={get(cfg, 'data.num_classes')} does not match data.source={source} "
                               f"({info.num_classes} classes)")
-        if info.shape is not None and get(cfg, "generator.kind") == "wgan_gp":
-            try:
-                _check_shape(info.shape)
-            except ValueError as err:
-                raise ConfigError(f"data.source={source}: {err}") from None
         if source == "fashion_mnist":
-            from data.images import FASHION_MNIST_FILES
-
-            folder = Path(str(get(cfg, "data.data_dir") or "/usr/share/datasets/fashion-mnist/"))
-            missing = [n for pair in FASHION_MNIST_FILES.values() for n in pair if not (folder / n).is_file()]
+            folder = Path(str(get(cfg, "data.data_dir") or FASHION_MNIST_DIR))
+            missing = [n for n in FASHION_MNIST_FILES if not (folder / n).is_file()]
             if missing:
                 raise ConfigError(f"data.data_dir={str(folder)!r} lacks the Fashion-MNIST file {missing[0]}: "
                                   "install it with `apt-get install dataset-fashion-mnist` or point data.data_dir at it")
