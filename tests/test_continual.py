@@ -142,3 +142,38 @@ def test_presets_compose_with_two_named_adam_optimizers(experiment):
     for name in ("generator", "critic"):
         assert list(cfg.optimizer[name].betas) == [0.0, 0.9]
     assert cfg.generator.n_critic == 5 and cfg.generator.gp_weight == 10.0
+
+
+# --- in process: the module's training ------------------------------------------------------------------------
+IN_PROCESS = ["data.classes_per_task=5", "continual.steps_per_task=6", "continual.replay_batch=16", "eval.n_per_class=10",
+              "eval.samples_per_class=2", "eval.classifier_epochs=8", "eval.min_classifier_acc=0", "logger=none"]
+
+
+def _run_in_process(tmp_path, name, overrides):
+    from experiments.core.runtime import RunContext
+    from experiments.paradigms.continual import ContinualParadigm
+
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    ContinualParadigm().run(RunContext(_cfg([*IN_PROCESS, *overrides]), run_dir))
+    return run_dir
+
+
+def test_a_regulariser_at_weight_zero_trains_exactly_like_fine_tuning(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    weights = {name: torch.load(_run_in_process(tmp_path, name, overrides) / "generators" / "after_t1.pt")
+               for name, overrides in (("none", ["regularizer=none"]),
+                                       ("pixel0", ["regularizer=pixel", "regularizer.weight=0"]),
+                                       ("pixel1", ["regularizer=pixel", "regularizer.weight=1"]))}
+    assert all(torch.equal(weights["none"][k], weights["pixel0"][k]) for k in weights["none"])
+    assert not all(torch.equal(weights["none"][k], weights["pixel1"][k]) for k in weights["none"])
+
+
+def test_the_conditional_vae_learns_the_tasks_with_one_optimizer(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run_dir = _run_in_process(tmp_path, "cvae", ["generator=cvae", "regularizer=feature", "regularizer.phi=random"])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {"test/acc@after=t1,task=t0", "test/forgetfulness@after=t1", "final/score@measure=frechet"} <= set(results)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 12 and len(ckpt["optimizer_states"]) == 1
+    assert all(k.startswith("G.") for k in ckpt["state_dict"])
