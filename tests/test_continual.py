@@ -122,6 +122,7 @@ def _cfg(overrides, experiment="focl/quick"):
     (["+regularizer.wieght=1"], "regularizer.wieght is not an option of regularizer"),
     (["continual.steps_per_task=0"], "continual.steps_per_task must be >= 1"),
     (["optimizer.critic.lr=abc"], "optimizer.critic.lr must be a number"),
+    (["optimizer=adamw"], "optimizer: generator.kind=wgan_gp needs the named optimizers generator, critic"),
     (["data=continual_fashion_mnist", "data.data_dir=/no/such/dir"], "data.data_dir='/no/such/dir' lacks the Fashion-MNIST file"),
 ])
 def test_bad_continual_options_are_one_line_errors(overrides, message):

@@ -285,6 +285,12 @@ class ContinualParadigm(Paradigm):
             if get(cfg, key) and not Path(str(get(cfg, key))).expanduser().is_file():
                 raise ConfigError(f"{key}={get(cfg, key)!r}: no such file (a classifier written by "
                                   "modules/continual/evaluation.py: save_classifier)")
+        need = ("generator", "critic") if get(cfg, "generator.kind") == "wgan_gp" else ("generator",)
+        optimizer = get(cfg, "optimizer")
+        if not isinstance(optimizer, DictConfig) or "_target_" in optimizer or any(
+                not isinstance(optimizer.get(n), DictConfig) or "_target_" not in optimizer[n] for n in need):
+            raise ConfigError(f"optimizer: generator.kind={get(cfg, 'generator.kind')} needs the named optimizers "
+                              f"{', '.join(need)} (each a factory, e.g. optimizer=gan_adam)")
         if get(cfg, "task") == "eval":
             raise ConfigError("task=eval is not an option of paradigm=continual (a train run evaluates after every "
                               "task); valid choices: train, report")
