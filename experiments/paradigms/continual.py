@@ -345,8 +345,7 @@ class ContinualParadigm(Paradigm):
         resume = bool(get(cfg, "checkpoint.resume", True))
         state_path, gen_dir = run_dir / STATE, run_dir / "generators"
         state = json.loads(state_path.read_text()) if resume and state_path.is_file() else {"done": 0, "metrics": {}}
-        if state["done"] or ctx.resume_checkpoint() is not None:
-            ctx.resume_checkpoint()  # the same config (one line otherwise)
+        ctx.resume_checkpoint()  # a folder holding a run of another config is refused in one line
         ctx.remember_config()
         metrics: dict[str, Any] = dict(state["metrics"])
         acc = new_accuracy_matrix(T)
