@@ -69,9 +69,11 @@ class ResumableBatchSampler(BatchSampler):
 
 
 def resumable_loader(dataset: Sequence, batch_size: int, seed: int, trainer: Any = None, shuffle: bool = True,
-                     drop_last: bool = False, **kwargs: Any) -> DataLoader:
-    """A training DataLoader positioned at ``trainer.global_step`` (restored before loaders are built)."""
-    step = int(trainer.global_step) if trainer is not None else 0
+                     drop_last: bool = False, step_offset: int = 0, **kwargs: Any) -> DataLoader:
+    """A training DataLoader positioned at ``trainer.global_step`` (restored before loaders are built);
+    ``step_offset``: optimizer steps taken before this loader's stream began (e.g. earlier tasks of a
+    continual run, each with its own data), so the loader starts at step ``global_step - step_offset``."""
+    step = max(int(trainer.global_step) - step_offset, 0) if trainer is not None else 0
     accumulate = int(trainer.accumulate_grad_batches) if trainer is not None else 1
     batches = ResumableBatchSampler(EpochShuffle(len(dataset), seed, shuffle), batch_size, drop_last, step, accumulate)
     # the loader's own generator (never the global one): its base-seed draw must not move the global RNG

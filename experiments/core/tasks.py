@@ -35,7 +35,7 @@ def run_task(cfg: DictConfig) -> Any:
     ctx = RunContext.from_hydra(cfg)
     if task == "eval":
         return paradigm.evaluate_checkpoint(ctx)
-    done = ctx.finished_results()
+    done = paradigm.finished_results(ctx)
     if done is not None:  # rerunning a finished run (or sweep job) on its folder: keep what is there
         print(f"already finished: {ctx.run_dir / 'results.json'} (checkpoint.resume=false reruns it)")
         return done.get(f"best/{cfg.eval.metric}")

@@ -12,6 +12,7 @@ PARADIGMS: dict[str, str] = {
     "vision": "experiments.paradigms.vision:VisionParadigm",
     "glue": "experiments.paradigms.glue:GlueParadigm",
     "speech": "experiments.paradigms.speech:SpeechParadigm",
+    "continual": "experiments.paradigms.continual:ContinualParadigm",
 }
 _registered: dict[str, object] = {}
 

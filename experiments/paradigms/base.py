@@ -45,6 +45,12 @@ class Paradigm:
     def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
         return []
 
+    def finished_results(self, ctx: RunContext) -> dict[str, Any] | None:
+        """The results of a run that already finished in this folder (it is not redone); by default a folder
+        holding ``results.json`` is finished. A paradigm that writes results.json part-way (after each task of
+        a loop) says here when its run is complete."""
+        return ctx.finished_results()
+
     # --- the default run and its steps ---------------------------------------------------------
     def run(self, ctx: RunContext) -> float | None:
         module, datamodule = self.prepare(ctx)

@@ -35,12 +35,13 @@ class ContinualGANTrainer:
 
     def __init__(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                  n_critic: int = 5, gp_weight: float = 10.0, acgan_weight: float = 1.0, replay_critic: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, backward=None):
         if n_critic < 1:
             raise ValueError(f"n_critic={n_critic} must be >= 1")
         self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
         self.n_critic, self.gp_weight, self.acgan_weight = n_critic, gp_weight, acgan_weight
         self.replay_critic, self.seed = replay_critic, seed
+        self.backward = backward or (lambda loss: loss.backward())  # a Lightning module passes manual_backward
         self.rng = torch.Generator().manual_seed(seed)
         self.task, self.step = 0, 0  # task index, generator steps done within it
         self.replay: ReplaySampler | None = None
@@ -64,7 +65,7 @@ class ContinualGANTrainer:
                 fake = torch.cat([fake, self.G(zr, cr)])
         loss, stats = critic_loss(self.D, x, y, fake, self.gp_weight, self.acgan_weight, generator=self.rng)
         self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         self.opt_d.step()
         return stats
 
@@ -83,7 +84,7 @@ class ContinualGANTrainer:
                 replay_loss, _ = generator_loss(self.D, self.G(zr, cr), cr, self.acgan_weight)
                 loss = loss + replay_loss
         self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         self.opt_g.step()
         return stats
 
