@@ -126,6 +126,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path, with_callbacks: bool = True, *
                        enable_checkpointing=with_callbacks, **options)
 
 
+def latency_device(cfg: DictConfig):
+    """Where latencies are measured (``latency.device``): auto = the GPU when training ran on one."""
+    import torch
+
+    want = get(cfg, "latency.device", "auto")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()
+                          and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 # --- resume -----------------------------------------------------------------------------------------
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict):

@@ -188,6 +188,16 @@ class ExportSchema:
 
 
 @dataclasses.dataclass
+class LatencySchema:
+    """``latency``: measured inference time per sub-model (the vision and GLUE paradigms)."""
+    closed: ClassVar[bool] = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = opt(1, min=1)
+    warmup: int = opt(3, min=0)
+    repeats: int = opt(20, min=0)
+
+
+@dataclasses.dataclass
 class RootSchema:
     closed: ClassVar[bool] = False
     seed: int = 42

@@ -22,7 +22,8 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.config import ConfigError, get, instantiate
-from experiments.core.schema import opt
+from experiments.core.runtime import latency_device
+from experiments.core.schema import LatencySchema, opt
 from experiments.paradigms.base import Paradigm
 from experiments.paradigms.lm import adapter_of, adapter_options, check_model_path, eval_grid, training_sampler
 
@@ -68,15 +69,6 @@ class ExportSchema:
     closed: ClassVar[bool] = True
     submodels: list[str] = dataclasses.field(default_factory=list)
     dir: str = "exports"
-
-
-@dataclasses.dataclass
-class LatencySchema:
-    closed: ClassVar[bool] = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = opt(32, min=1)
-    warmup: int = opt(2, min=0)
-    repeats: int = opt(10, min=0)
 
 
 # --- validation -------------------------------------------------------------------------------------
@@ -175,16 +167,6 @@ def parameter_metrics(model) -> dict[str, float]:
     return {"params/total": float(total), "params/trainable": float(trainable),
             "params/trainable_pct": 100.0 * trainable / total, "params/head": float(head),
             "params/adapter_pct": 100.0 * (trainable - head) / total}
-
-
-def latency_device(cfg: DictConfig):
-    import torch
-
-    want = get(cfg, "latency.device", "auto")
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()
-                          and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def measure_latency_ms(model, batch: dict, warmup: int = 2, repeats: int = 10) -> float:

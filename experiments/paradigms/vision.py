@@ -30,7 +30,8 @@ import dataclasses
 from typing import ClassVar, Literal, Optional, Union
 
 from experiments.core.config import ConfigError, get, instantiate, require_int
-from experiments.core.schema import opt
+from experiments.core.runtime import latency_device
+from experiments.core.schema import LatencySchema, opt
 from experiments.paradigms.base import Paradigm
 from experiments.results.pareto import METHODS, method_label
 MODEL_KEYS_NOT_CONFIG = ("name_or_path",)  # model.* keys that are not SortedViTConfig fields
@@ -314,16 +315,6 @@ def build(cfg: DictConfig):
 
 
 # --- after the grid evaluation: costs, table, plot, exports ---------------------------------
-def latency_device(cfg: DictConfig):
-    import torch
-
-    want = get(cfg, "latency.device", "auto")
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()
-                          and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def measure_latency_ms(model, sub, batch_size: int = 1, warmup: int = 3, repeats: int = 20,
                        device=None, autocast_dtype=None) -> float:
     """Median wall time of one forward of a ``batch_size`` batch through sub-network ``sub``, in ms."""
@@ -463,15 +454,6 @@ class NestedSchema:
     axes: Optional[dict] = None
     eval_grid: Union[None, str, dict, list] = None
     independent_init: Literal["random", "slice"] = "random"
-
-
-@dataclasses.dataclass
-class LatencySchema:
-    closed: ClassVar[bool] = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = opt(1, min=1)
-    warmup: int = opt(3, min=0)
-    repeats: int = opt(20, min=0)
 
 
 @dataclasses.dataclass
