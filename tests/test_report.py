@@ -80,7 +80,7 @@ def test_focl_table_spec_renders_one_row_per_regularizer(tmp_path):
              "metrics": {"final/score@measure=avg_acc": acc + seed / 100, "final/score@measure=forgetfulness": 1 - acc,
                          "final/score@measure=frechet": 100 * (1 - acc)}}
             for reg, acc in (("none", 0.3), ("pixel", 0.9)) for seed in (0, 2)]
-    header, rows = build_table(jobs, t.metric, list(t.rows), t.axis, list(t.values))
+    header, rows = build_table(jobs, t.metric, list(t.rows), t.axis, list(t["values"]))
     assert header == ["regularizer", "measure=avg_acc", "measure=forgetfulness", "measure=frechet"]
     assert [r[0] for r in rows] == ["none", "pixel"]
     assert rows[1][1][0] == pytest.approx(0.91) and rows[1][2][0] == pytest.approx(0.1)  # mean over the seeds
