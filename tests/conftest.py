@@ -51,3 +51,18 @@ def write_addition_qa(path: Path, n: int = 80, seed: int = 0) -> Path:
 @pytest.fixture
 def qa_file(tmp_path):
     return write_addition_qa(tmp_path / "qa.jsonl")
+
+
+def save_tiny_whisper(folder, d_model: int = 64) -> str:
+    """A 2-layer random Whisper (and its feature extractor) saved as an HF folder, for speech tests."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    config = WhisperConfig(vocab_size=64, d_model=d_model, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model,
+                           num_mel_bins=80, max_source_positions=1500, max_target_positions=16, pad_token_id=0,
+                           bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(config).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return str(folder)

@@ -29,17 +29,9 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory):
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from tests.conftest import save_tiny_whisper
 
-    folder = tmp_path_factory.mktemp("tiny-whisper")
-    config = WhisperConfig(vocab_size=64, d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
-                           decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
-                           max_source_positions=1500, max_target_positions=16, pad_token_id=0, bos_token_id=1,
-                           eos_token_id=2, decoder_start_token_id=1)
-    torch.manual_seed(0)
-    WhisperForConditionalGeneration(config).save_pretrained(folder)
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"), d_model=64)
 
 
 @pytest.fixture(scope="module")

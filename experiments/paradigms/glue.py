@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.config import ConfigError, get, instantiate
 from experiments.core.runtime import latency_device
+from experiments.core import schema
 from experiments.core.schema import LatencySchema, opt
 from experiments.paradigms.base import Paradigm
 from experiments.paradigms.lm import adapter_of, adapter_options, check_model_path, eval_grid, training_sampler
@@ -57,18 +58,13 @@ class DataSchema:
 
 
 @dataclasses.dataclass
-class EvalSchema:
-    closed: ClassVar[bool] = True
-    ckpt_path: Optional[str] = None
-    metric: str = "test/acc"
-    higher_is_better: bool = True
+class EvalSchema(schema.EvalSchema):
+    closed: ClassVar[bool] = True  # the core keys only
 
 
 @dataclasses.dataclass
-class ExportSchema:
+class ExportSchema(schema.ExportSchema):
     closed: ClassVar[bool] = True
-    submodels: list[str] = dataclasses.field(default_factory=list)
-    dir: str = "exports"
 
 
 # --- validation -------------------------------------------------------------------------------------

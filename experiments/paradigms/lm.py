@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.config import ConfigError, get, instantiate, require_bool
+from experiments.core import schema
 from experiments.core.schema import opt
 from experiments.paradigms.base import Paradigm
 
@@ -63,21 +64,16 @@ class DataSchema:
 
 
 @dataclasses.dataclass
-class EvalSchema:
+class EvalSchema(schema.EvalSchema):
     closed: ClassVar[bool] = True
-    ckpt_path: Optional[str] = None
-    metric: str = "test/em"
-    higher_is_better: bool = True
     generate: bool = True
     max_new_tokens: int = opt(16, min=1)
     answer_format: Literal["first_line", "gsm8k"] = "first_line"
 
 
 @dataclasses.dataclass
-class ExportSchema:
+class ExportSchema(schema.ExportSchema):
     closed: ClassVar[bool] = True
-    submodels: list[str] = dataclasses.field(default_factory=list)
-    dir: str = "exports"
     merge: bool = False
 
 
