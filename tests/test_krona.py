@@ -241,3 +241,28 @@ def test_benchmark_smoke_at_tiny_sizes():
     assert all(r["ms"] > 0 for r in ours + peer)
     assert ours[0]["a_shape"] == peer[0]["a_shape"] and ours[0]["params"] == peer[0]["params"]
     assert {r["impl"] for r in rows} >= {"KroneckerLinear", "nn.Linear"}
+
+
+def test_benchmark_task_runs_the_kronecker_rows_through_run_py(tmp_path):
+    """``task=benchmark benchmark=cpu_kronecker``: ours and PEFT LoKr measured in one process, written out."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "task=benchmark", "benchmark=cpu_kronecker",
+                           "benchmark.dims=[64]", "benchmark.tokens=16", "benchmark.repeats=1", "benchmark.warmup=0",
+                           "benchmark.nf4=false", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "run" / "benchmark.json").read_text())["rows"]
+    impls = {(r["case"], r["impl"]) for r in rows}
+    assert {("layer", "KronA (ours)"), ("layer", "PEFT LoKr"), ("dense vs kron", "nn.Linear")} <= impls
+    assert all(r["ms"] > 0 for r in rows) and "| 64 |" in (tmp_path / "run" / "benchmark.md").read_text()
+    bad = subprocess.run([sys.executable, str(ROOT / "run.py"), "task=benchmark", "benchmark=cpu_kronecker",
+                          "benchmark.kind=fft", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "benchmark.kind='fft' is not an option" in bad.stderr.strip().splitlines()[-1]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 
 import torch
 from torch import nn
@@ -192,3 +193,37 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 if __name__ == "__main__":
     main()
+
+
+def benchmark_task(cfg) -> list[dict]:
+    """``python run.py task=benchmark benchmark=cpu_kronecker``: the same rows, written as benchmark.json and
+    benchmark.md in the run folder."""
+    from experiments.core.runtime import run_dir_of
+    from experiments.core.schema import check
+    from experiments.results.files import write_json
+
+    check(cfg, "benchmark", KroneckerBenchmarkSchema)
+    b = cfg.benchmark
+    if b.threads:
+        torch.set_num_threads(int(b.threads))
+    rows = benchmark_kronecker(list(b.dims), int(b.tokens), int(b.repeats), int(b.warmup), bool(b.nf4),
+                               int(b.seed), verbose=False)
+    table = markdown_table(rows, int(b.tokens))
+    run_dir = run_dir_of()
+    write_json(run_dir / "benchmark.json", {"rows": rows})
+    (run_dir / "benchmark.md").write_text(table + "\n")
+    print("\n" + table)
+    return rows
+
+
+@dataclasses.dataclass
+class KroneckerBenchmarkSchema:
+    closed: ClassVar[bool] = True
+    kind: str = "kronecker"
+    dims: list[int] = dataclasses.field(default_factory=lambda: [768, 4096])
+    tokens: int = 512
+    repeats: int = 5
+    warmup: int = 2
+    nf4: bool = True
+    seed: int = 0
+    threads: Optional[int] = 1
