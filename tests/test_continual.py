@@ -13,18 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT
-from tests.test_run import run
+from tests.conftest import ROOT, run
 
 TINY = ["experiment=focl/quick", "data.classes_per_task=5", "continual.steps_per_task=40", "checkpoint.every_n_steps=5",
         "continual.replay_batch=16", "eval.n_per_class=20", "eval.samples_per_class=4", "eval.classifier_epochs=8",
         "logger=none"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")  # the scoring and φ classifiers are trained once for the module
-    return {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")

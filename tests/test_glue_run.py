@@ -1,28 +1,14 @@
 """run.py on the GLUE paradigm as a user runs it: subprocesses, offline, CPU."""
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run
 
 TINY = ["experiment=krona/quick", "model=tiny_bert", "trainer.max_steps=3", "data.batch_size=8",
         "data.limit_train=32", "data.limit_val=16", "data.limit_test=24", "latency.repeats=2", "latency.warmup=0",
         "latency.batch_size=8", "threads=1"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONUNBUFFERED": "1"}
-
-
-def run(args, env, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def check_common(results, adapter):

@@ -1,13 +1,10 @@
 """run.py as a user runs it: subprocesses, tiny random model, offline."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, write_addition_qa
+from tests.conftest import ROOT, run, write_addition_qa
 
 TINY = ["model=tiny_llama", "quantization=none", "trainer.max_steps=4", "data.limit_val=8",
         "data.limit_test=8", "data.batch_size=4", "eval.max_new_tokens=3", "adapter.r_max=4",
@@ -15,19 +12,8 @@ TINY = ["model=tiny_llama", "quantization=none", "trainer.max_steps=4", "data.li
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     return write_addition_qa(tmp_path_factory.mktemp("data") / "qa.jsonl", n=100)
-
-
-def run(args, env, cwd=ROOT, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
 """SortedNet on ViT through run.py (paradigm=vision): grid results, bad input, baselines, method comparison."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run
 
 # A tiny ViT (2 blocks, d=32, 2 heads of 16) on digits, a 2x2 depth x width grid, a few steps.
 TINY = ["experiment=sortednet/quick", "model.hidden_size=32", "model.num_hidden_layers=2",
@@ -15,17 +14,6 @@ TINY = ["experiment=sortednet/quick", "model.hidden_size=32", "model.num_hidden_
         "nested.axes.width=[16,32]", "trainer.max_steps=6", "trainer.check_val_every_n_epoch=1",
         "trainer.log_every_n_steps=1", "data.batch_size=32", "latency.repeats=2", "latency.warmup=1"]
 GRID = [f"depth={d},width={w}" for d in (1, 2) for w in (16, 32)]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONUNBUFFERED": "1"}
-
-
-def run(args, env, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -1,30 +1,16 @@
 """The speech paradigm through run.py: a tiny random Whisper (2 layers, d=64) on a generated Speech Commands
 folder (tones, no espeak), the feature cache built once and reused, and bad input as one line."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run
 
 WORDS = {"yes": 300.0, "no": 700.0, "up": 1500.0, "dog": 2500.0}  # dog -> _unknown_
 CONDITIONS = ["clean", "snr10_white", "rt60_0.3"]
-
-
-def run(args, env, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xdg")
-    return {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import ROOT, write_addition_qa
-from tests.test_run import TINY, run
+from tests.conftest import ROOT, run, write_addition_qa
+from tests.test_run import TINY
 
 KILLABLE = [*TINY, "trainer.max_steps=40", "checkpoint.every_n_steps=5", "data.batch_size=2",
             "trainer.val_check_interval=15", "data.limit_val=4"]  # several epochs, validation inside the fit
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
