@@ -201,3 +201,11 @@ def test_every_glue_task_has_a_config_with_its_official_metric():
         cfg = compose_cfg(["experiment=krona/roberta_base_glue", f"data=glue_{task}"])
         assert cfg.data.task == task and cfg.eval.metric == metric and cfg.data.source == "hf"
         validate(cfg)
+
+
+@pytest.mark.parametrize("adapter", ["none", "lora", "krona", "krona_block", "krona_block_res"])
+def test_t5_base_preset_validates_for_every_paper_row(adapter):
+    cfg = compose_cfg(["experiment=krona/t5_base_glue", f"adapter={adapter}", "trainer=cpu"])
+    validate(cfg)
+    if adapter.startswith("krona_block"):
+        assert list(cfg.adapter.target_modules) == ["DenseReluDense"] and cfg.adapter.variant == adapter
