@@ -110,9 +110,13 @@ class JobStatusCallback(Callback):
 
     @staticmethod
     def _write(config, record: dict[str, Any]) -> None:
+        import os
+
         from hydra.types import RunMode
 
-        if config.hydra.mode == RunMode.MULTIRUN:
+        # one writer per job: SLURM runs the job once per task (DDP rank); rank 0 speaks for it
+        rank = next((os.environ[k] for k in ("SLURM_PROCID", "RANK", "LOCAL_RANK") if k in os.environ), "0")
+        if config.hydra.mode == RunMode.MULTIRUN and rank == "0":
             (Path(config.hydra.runtime.output_dir) / STATUS_FILE).write_text(json.dumps(record) + "\n")
 
 
