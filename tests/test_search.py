@@ -62,9 +62,6 @@ def test_a_search_killed_during_trial_k_resumes_at_trial_k_from_its_storage(env,
     best = (sweep / "optimization_results.yaml").read_text()
     assert f"best_value: {min(t.value for t in trials)}" in best
 
-    done = run(args, env, timeout=120)  # a complete search: nothing reruns
-    assert done.returncode == 0 and len(_study(sweep).trials) == 3
-    assert first.stat().st_mtime_ns == first_mtime
 
 
 @pytest.mark.parametrize("paper", PAPERS)
