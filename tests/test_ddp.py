@@ -78,3 +78,27 @@ def test_deepspeed_preset_without_deepspeed_is_one_line(env, tmp_path):
     assert proc.returncode == 2 and last == (
         "error: trainer.strategy=lightning.pytorch.strategies.DeepSpeedStrategy needs the deepspeed package, "
         "which is not installed: `pip install deepspeed` on the CUDA machine, or use trainer=fsdp or trainer=ddp")
+
+
+def test_a_4bit_base_stored_as_bfloat16_holds_the_same_bits_in_a_dtype_fsdp_shards(tiny_llama):
+    """What trainer=fsdp asks of a 4-bit base: bitsandbytes stores the same packed NF4 bits in a float dtype
+    (FSDP flattens only floating-point tensors); the model computes exactly what the uint8-stored one does."""
+    import copy
+
+    import bitsandbytes as bnb
+
+    from modules.hf_model import quantize_nf4_
+
+    models = {dtype: quantize_nf4_(copy.deepcopy(tiny_llama), torch.float32, quant_storage=dtype)
+              for dtype in (torch.uint8, torch.bfloat16)}
+    weights = {dtype: [m.weight for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+               for dtype, model in models.items()}
+    assert weights[torch.bfloat16] and all(w.dtype == torch.bfloat16 and w.is_floating_point()
+                                           for w in weights[torch.bfloat16])
+    assert not any(w.is_floating_point() for w in weights[torch.uint8])
+    for packed, stored in zip(weights[torch.uint8], weights[torch.bfloat16]):
+        assert torch.equal(stored.data.view(torch.uint8).flatten(), packed.data.flatten())
+    ids = torch.tensor([[1, 5, 9, 200, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(models[torch.bfloat16](ids).logits, models[torch.uint8](ids).logits,
+                                   rtol=0, atol=0)
