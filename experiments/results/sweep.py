@@ -64,11 +64,11 @@ def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
     try:  # the sweeper's own order: the preset's params, then the command line
+        params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
         parsed = OverridesParser.create().parse_overrides([*params, *hydra_cfg.overrides.task])
         return BasicSweeper.split_arguments(parsed, None)[0]
-    except Exception:  # e.g. glob(...) sweeps need the config loader: no plan, folders only
+    except Exception:  # e.g. glob(...) sweeps need the config loader: no plan, the folders alone
         return None
 
 
