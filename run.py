@@ -42,7 +42,16 @@ def main(cfg: DictConfig) -> float | None:
         return run_task(cfg)
     except ConfigError as err:  # a user mistake: one clear line, non-zero exit, nothing written
         print(f"error: {err}", file=sys.stderr)
+        if _in_multirun():
+            raise  # a sweep job: Hydra records it as failed (job_status.json) and the other jobs still run
         sys.exit(2)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 if __name__ == "__main__":

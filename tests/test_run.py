@@ -64,7 +64,7 @@ def test_multirun_two_ranks_two_seeds_gives_the_aggregated_table(launcher, env, 
             f"data.source={data_file}", "adapter.r_max=2,4", "adapter.eval_ranks=[1,2]", "seed=1,2",
             f"hydra.sweep.dir={tmp_path}", "trainer.max_steps=2"]
     if launcher == "joblib":
-        args.append("hydra/launcher=joblib")
+        args.append("hydra/launcher=joblib_cpu")  # the preset: 2 parallel processes
     proc = run(args, env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(tmp_path.glob("*/results.json"))) == 4

@@ -132,7 +132,7 @@ class TrainerSchema:
     closed: ClassVar[bool] = False
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"] = "cpu"
     devices: Union[int, str, list[int]] = 1
-    strategy: Optional[str] = None
+    strategy: Union[str, dict, None] = None  # a Lightning name, or a strategy node (trainer=fsdp, deepspeed)
     num_nodes: int = opt(1, min=1)
     precision: Union[str, int] = "32-true"
     max_steps: int = opt(-1, min=-1)

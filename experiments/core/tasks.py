@@ -64,6 +64,9 @@ def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
 
 
 def check_accelerator(cfg: DictConfig) -> None:
+    from experiments.core.strategies import check_strategy
+
+    check_strategy(cfg)  # FSDP / DeepSpeed: GPUs, the deepspeed package, a float-stored 4-bit base
     accelerator = get(cfg, "trainer.accelerator")
     if accelerator in ("gpu", "cuda"):
         import torch
