@@ -119,7 +119,9 @@ def build_table(jobs: list[dict[str, Any]], metric: str, rows: Sequence[str], ax
         means = [mean_std(cells[row].get(v, [])) for v in columns]
         avg = [_average(means)] if average else []
         ex = extras.get(row[:len(rows)], {})
-        table.append([*row, *means, *avg, *[mean_std(ex.get(n, [])) for n in extra_names]])
+        # an extra is the mean over the row's runs (tasks and seeds alike), without a spread
+        table.append([*row, *means, *avg, *[(statistics.fmean(ex[n]), math.nan) if ex.get(n) else None
+                                            for n in extra_names]])
     for name, numbers in (reference or {}).items():  # the paper's numbers, one row each
         numbers = numbers or {}
         table.append([f"{name} (paper)", *[""] * (len(rows) + len(row_axes) - 1),
