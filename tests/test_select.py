@@ -88,3 +88,26 @@ def test_through_run_py_the_choice_is_explained_per_submodel(finished, env, tmp_
     chosen = json.loads((run_dir / "picked" / "selection.json").read_text())
     assert chosen["metric"] == "test/em" and chosen["submodel"] in ("rank=1", "rank=2")
     assert (run_dir / "picked" / chosen["submodel"].replace("=", "_") / "adapter_config.json").exists()
+
+
+def test_a_4bit_base_costs_the_flops_and_params_of_fp32_at_its_packed_memory():
+    """bitsandbytes' 4-bit matmul is a custom op: its FLOPs are counted by its own formula."""
+    from transformers import BitsAndBytesConfig
+
+    from experiments.paradigms.lm_costs import forward_costs
+    from modules.hf_model import load_causal_lm
+    from tests.conftest import tiny_llama_config
+
+    config = tiny_llama_config().to_dict()
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings")
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    ids = (torch.arange(16) + 1).unsqueeze(0)
+    costs = {}
+    for name, quant in (("fp32", None), ("nf4", nf4)):
+        model, _ = load_causal_lm("random:llama", "float32", quant, False, "sdpa", {k: config[k] for k in keys})
+        costs[name] = forward_costs(model.eval(), ids)
+    assert costs["nf4"]["flops"] == costs["fp32"]["flops"] > 0
+    assert costs["nf4"]["params"] == costs["fp32"]["params"]
+    assert costs["nf4"]["memory_mb"] < 0.5 * costs["fp32"]["memory_mb"]  # 4-bit linears, fp32 embeddings and norms

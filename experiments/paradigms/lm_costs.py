@@ -2,7 +2,8 @@
 
 For every evaluated sub-model, on one forward of a fixed 1 x ``SEQ_LEN`` batch of token ids:
 
-- ``flops@<sub>``: FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions);
+- ``flops@<sub>``: FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, attention;
+  bitsandbytes' 4-bit matmul given its formula, 2 x outputs x inputs);
 - ``latency_ms@<sub>``: the median wall time of that forward (``REPEATS`` timed, after one untimed);
 - ``params@<sub>`` and ``memory_mb@<sub>``: the parameters of the modules the forward ran (a shallower exit
   skips the later decoder layers), a nested adapter's rank-sliced tensors counted at the current rank
@@ -10,6 +11,7 @@ For every evaluated sub-model, on one forward of a fixed 1 x ``SEQ_LEN`` batch o
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Any
@@ -32,6 +34,21 @@ def _logical_numel(p) -> int:
     return int(state.shape.numel()) if state is not None and hasattr(state, "shape") else p.numel()
 
 
+def _gemm_4bit_flops(a_shape, *args, out_shape=None, **kwargs) -> int:
+    """bitsandbytes' 4-bit matmul (a custom op FlopCounterMode does not know): 2 x outputs x inputs."""
+    return 2 * math.prod(out_shape) * a_shape[-1]
+
+
+def custom_flops() -> dict:
+    """FLOP formulas for the custom ops a quantized base runs (none when bitsandbytes is not loaded)."""
+    import torch
+
+    try:
+        return {torch.ops.bitsandbytes.gemm_4bit: _gemm_4bit_flops}
+    except (AttributeError, RuntimeError):
+        return {}
+
+
 def forward_costs(model, input_ids) -> dict[str, float]:
     """FLOPs, latency and the size of what one forward at the model's current sub-model uses."""
     import torch
@@ -40,7 +57,7 @@ def forward_costs(model, input_ids) -> dict[str, float]:
     ran: set[int] = set()
     hooks = [m.register_forward_hook(lambda mod, i, o: ran.add(id(mod))) for m in model.modules()]
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom_flops()) as counter:
             model(input_ids=input_ids)
     finally:
         for h in hooks:

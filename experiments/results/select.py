@@ -154,5 +154,6 @@ def select_task(cfg: DictConfig) -> dict[str, Any]:
     for path in written:
         print(f"exported: {path}")
     if not written:
-        print(f"the {paradigm.name} paradigm exports no sub-model; the choice is in {out / 'selection.json'}")
+        why = "the run has one model, no sub-model axis" if not sub.dims else f"the {paradigm.name} paradigm exports no sub-model"
+        print(f"nothing exported ({why}); the choice is in {out / 'selection.json'}")
     return selection

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 def _pyplot():
@@ -25,7 +25,8 @@ def _pyplot():
 
 
 def plot_table(spec: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]], header: list[str],
-               rows: list[list[Any]], path: Path) -> Path | None:
+               rows: list[list[Any]], path: Path, label: Callable[[Mapping[str, Any]], str] = lambda job: "ours") -> Path | None:
+    """``label``: a job's row name (the spec's row keys' values), for plots drawn from the jobs themselves."""
     kind = spec.get("plot") or "none"
     if kind == "curve":
         return plot_curve(spec, header, rows, path)
@@ -35,7 +36,7 @@ def plot_table(spec: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]], heade
         points = collect_jobs(list(jobs), spec["metric"])
         return plot_sweep(points, path, spec["metric"], title=str(spec.get("title") or spec["name"]))
     if kind == "layer_weights":
-        return plot_layer_weights(spec, jobs, path)
+        return plot_layer_weights(spec, jobs, path, label)
     return None
 
 
@@ -80,16 +81,14 @@ def plot_curve(spec: Mapping[str, Any], header: list[str], rows: list[list[Any]]
     return path
 
 
-def plot_layer_weights(spec: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    from experiments.results.tables import row_value
-
-    keys = list(spec.get("rows") or [])
+def plot_layer_weights(spec: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]], path: Path,
+                       label: Callable[[Mapping[str, Any]], str]) -> Path | None:
     series: dict[str, dict[int, list[float]]] = {}
     for job in jobs:
-        label = ", ".join(row_value(job, k) for k in keys) or "ours"
+        name = label(job)
         for key, value in job["metrics"].items():
             if key.startswith("weights/layer_") and isinstance(value, (int, float)):
-                series.setdefault(label, {}).setdefault(int(key.rsplit("_", 1)[1]), []).append(float(value))
+                series.setdefault(name, {}).setdefault(int(key.rsplit("_", 1)[1]), []).append(float(value))
     if not series:
         return None
     plt = _pyplot()

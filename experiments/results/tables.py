@@ -237,7 +237,8 @@ def write_table(spec: Mapping[str, Any], jobs: list[dict[str, Any]], out: Path) 
     header, rows = table_of(spec, jobs)
     out.mkdir(parents=True, exist_ok=True)
     name = spec["name"]
-    png = plot_table(spec, jobs, header, rows, out / f"{name}.png")
+    label = lambda job: ", ".join(row_value(job, k) for k in spec.get("rows") or []) or "ours"  # noqa: E731
+    png = plot_table(spec, jobs, header, rows, out / f"{name}.png", label)
     markdown = markdown_of(spec, header, rows, jobs, png.name if png else None)
     (out / f"{name}.md").write_text(markdown)
     (out / f"{name}.tex").write_text(render(header, rows, "latex") + "\n")
