@@ -111,3 +111,21 @@ def test_a_4bit_base_costs_the_flops_and_params_of_fp32_at_its_packed_memory():
     assert costs["nf4"]["flops"] == costs["fp32"]["flops"] > 0
     assert costs["nf4"]["params"] == costs["fp32"]["params"]
     assert costs["nf4"]["memory_mb"] < 0.5 * costs["fp32"]["memory_mb"]  # 4-bit linears, fp32 embeddings and norms
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_params_count_what_the_forward_runs_once_and_an_exit_skips_later_layers(tied):
+    from transformers import LlamaForCausalLM
+
+    from experiments.paradigms.lm_costs import forward_costs
+    from modules.multi_exit import DecoderDepth
+    from tests.conftest import tiny_llama_config
+
+    model = LlamaForCausalLM(tiny_llama_config(tie_word_embeddings=tied)).eval()
+    ids = torch.ones(1, 8, dtype=torch.long)
+    total = sum(p.numel() for p in model.parameters())  # a tied embedding / head counted once
+    assert forward_costs(model, ids)["params"] == total
+    DecoderDepth(model).set_depth(1)
+    second = sum(p.numel() for p in model.model.layers[1].parameters())
+    exit_1 = forward_costs(model, ids)
+    assert exit_1["params"] == total - second and exit_1["memory_mb"] == pytest.approx(4 * (total - second) / 2**20)

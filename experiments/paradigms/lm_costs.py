@@ -63,10 +63,14 @@ def forward_costs(model, input_ids) -> dict[str, float]:
         for h in hooks:
             h.remove()
     params = size = 0.0
+    counted: set[int] = set()  # a tied weight (embeddings = LM head) is one tensor
     for module in model.modules():
         if id(module) not in ran:
             continue
         for p in module.parameters(recurse=False):
+            if id(p) in counted:
+                continue
+            counted.add(id(p))
             fraction, _ = _sliced(module, p)
             params += fraction * _logical_numel(p)
             size += fraction * p.numel() * p.element_size()
