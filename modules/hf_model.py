@@ -27,9 +27,10 @@ def torch_dtype(name: str | torch.dtype) -> torch.dtype:
     return dtype
 
 
-def byte_tokenizer():
-    """A 259-token byte-level tokenizer (256 bytes + pad/bos/eos) for tiny random models."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def byte_tokenizer(append_eos: bool = False):
+    """A 259-token byte-level tokenizer (256 bytes + pad/bos/eos) for tiny random models. ``append_eos`` ends
+    every sequence with ``</s>`` as T5's own tokenizer does (its classifier pools the last EOS state)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -39,6 +40,10 @@ def byte_tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
+    if append_eos:
+        eos = vocab["</s>"]
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                           special_tokens=[("</s>", eos)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
@@ -64,7 +69,7 @@ def materialize_random(arch: str, config_kwargs: dict[str, Any], seed: int = 0, 
         model = (AutoModelForCausalLM if head == "causal_lm" else AutoModel).from_config(config)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
-    byte_tokenizer().save_pretrained(tmp)
+    byte_tokenizer(append_eos=arch == "t5").save_pretrained(tmp)
     tmp.rename(folder) if not folder.exists() else None
     return folder
 
@@ -109,17 +114,28 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", quantization_confi
     return model, tokenizer
 
 
+#: classification heads of AutoModelForSequenceClassification families (BERT, RoBERTa, T5, LLaMA): never quantized
+CLASSIFIER_HEADS = ["classifier", "pre_classifier", "classification_head", "score"]
+
+
 def load_sequence_classifier(name_or_path: str, num_labels: int, dtype: str = "float32",
-                             random_config: dict | None = None) -> tuple[nn.Module, Any]:
+                             random_config: dict | None = None,
+                             quantization_config: Any = None) -> tuple[nn.Module, Any]:
     """(AutoModelForSequenceClassification, tokenizer) by hub id, folder, offline alias or ``random:<arch>``;
     ``num_labels=1`` is regression (MSE). The classification head is new (re-initialised when its size
-    differs from the checkpoint's)."""
+    differs from the checkpoint's). With a 4-bit quantization config the backbone's linear maps load as
+    ``Linear4bit`` and the head stays in float (it is trained)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve(name_or_path, random_config, head="none")
+    kwargs: dict[str, Any] = {}
+    if quantization_config is not None:
+        quantization_config.llm_int8_skip_modules = CLASSIFIER_HEADS
+        kwargs = {"quantization_config": quantization_config, "device_map": _default_device_map()}
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=num_labels, dtype=torch_dtype(dtype), ignore_mismatched_sizes=True,
-        problem_type="regression" if num_labels == 1 else "single_label_classification")
+        problem_type="regression" if num_labels == 1 else "single_label_classification", **kwargs)
+    keep_4bit_differentiable_(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -178,7 +178,12 @@ def test_offline_topics_do_not_depend_on_other_imports():
     (["data.source=./no/such/folder"], "data.source='./no/such/folder': no such folder"),
     (["adapter.r_min=3"], "adapter.r_min=3 must be <= adapter.r_max=1"),
     (["model.name_or_path=random:nosucharch"], "unknown architecture 'nosucharch'"),
-    (["export.submodels=[best]"], "export.submodels: 'best': the GLUE paradigm exports nothing yet"),
+    (["export.submodels=[best]"], "export.submodels: 'best': the GLUE paradigm exports the largest sub-model only"),
+    (["adapter=krona_block"], "adapter.target_modules is empty: variant 'krona_block' wraps whole FFN blocks"),
+    (["model=tiny_t5", "adapter=krona_block", "export.merge=true"],
+     "export.merge=true with adapter.variant='krona_block': only 'krona'"),
+    (["quantization=nf4", "export.merge=true"], "export.merge=true on a 4-bit base"),
+    (["quantization=nf4", "adapter=none"], "adapter=none \\(full fine-tuning\\) cannot train a quantized base"),
 ])
 def test_bad_glue_choices_are_one_line_errors(overrides, message):
     from experiments.core.config import ConfigError
@@ -196,3 +201,11 @@ def test_every_glue_task_has_a_config_with_its_official_metric():
         cfg = compose_cfg(["experiment=krona/roberta_base_glue", f"data=glue_{task}"])
         assert cfg.data.task == task and cfg.eval.metric == metric and cfg.data.source == "hf"
         validate(cfg)
+
+
+@pytest.mark.parametrize("adapter", ["none", "lora", "krona", "krona_block", "krona_block_res"])
+def test_t5_base_preset_validates_for_every_paper_row(adapter):
+    cfg = compose_cfg(["experiment=krona/t5_base_glue", f"adapter={adapter}", "trainer=cpu"])
+    validate(cfg)
+    if adapter.startswith("krona_block"):
+        assert list(cfg.adapter.target_modules) == ["DenseReluDense"] and cfg.adapter.variant == adapter

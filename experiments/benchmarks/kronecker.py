@@ -125,6 +125,12 @@ def benchmark_kronecker(dims: Sequence[int] = (768, 4096), tokens: int = 512, re
         layer = _time_pair({OURS: _step(ours, x, ours_p), PEER: _step(peer, x, peer_p)}, repeats, warmup)
         rows += [_row(d, "layer", OURS, a_shape, b_shape, n_kron, f_dense + f_kron, layer[OURS]),
                  _row(d, "layer", PEER, a_shape, b_shape, n_kron, f_dense + f_peer_delta, layer[PEER])]
+        # the first adapted layer of a frozen model: its input needs no gradient, so the base costs one GEMM
+        x0 = x.detach()
+        layer0 = _time_pair({OURS: _step(ours, x0, ours_p), PEER: _step(peer, x0, peer_p)}, repeats, warmup)
+        rows += [_row(d, "layer, input without grad", OURS, a_shape, b_shape, n_kron, f_dense + f_kron, layer0[OURS]),
+                 _row(d, "layer, input without grad", PEER, a_shape, b_shape, n_kron, f_dense + f_peer_delta,
+                      layer0[PEER])]
         del peer, ours
         if nf4:
             q = _nf4(d)

@@ -26,7 +26,8 @@ from experiments.core.runtime import latency_device
 from experiments.core import schema
 from experiments.core.schema import LatencySchema, opt
 from experiments.paradigms.base import Paradigm
-from experiments.paradigms.lm import adapter_of, adapter_options, check_model_path, eval_grid, training_sampler
+from experiments.paradigms.lm import (QuantizationSchema, adapter_of, adapter_options, check_model_path, eval_grid,
+                                     training_sampler)
 
 
 # --- the schemas of its groups --------------------------------------------------------------------
@@ -36,6 +37,7 @@ class ModelSchema:
     name_or_path: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora_targets: Union[list[str], str] = dataclasses.field(default_factory=list)
+    ffn_blocks: Optional[list[str]] = None  # leaf names of whole FFN blocks (KronA^B wraps them); null: none
     random_config: Optional[dict] = None
 
 
@@ -65,6 +67,7 @@ class EvalSchema(schema.EvalSchema):
 @dataclasses.dataclass
 class ExportSchema(schema.ExportSchema):
     closed: ClassVar[bool] = True
+    merge: bool = False  # save the trained model with the adapter merged, as a plain HF folder (exports/merged)
 
 
 # --- validation -------------------------------------------------------------------------------------
@@ -82,10 +85,16 @@ def validate(cfg: DictConfig) -> None:
     from modules.adapters import AdapterError
 
     adapter = adapter_of(cfg)
+    quantized = bool(get(cfg, "quantization.enabled"))
     try:
-        adapter.check(adapter_options(cfg))
+        adapter.check(adapter_options(cfg), quantized=quantized)
+        if get(cfg, "export.merge"):
+            adapter.check_merge(adapter_options(cfg))
     except AdapterError as err:
         raise ConfigError(str(err)) from None
+    if get(cfg, "export.merge") and quantized:
+        raise ConfigError("export.merge=true on a 4-bit base: merging would write the adapter into quantized "
+                          "weights; use quantization=none to export a merged model")
     training_sampler(cfg, adapter.axes(adapter_options(cfg)))
     task = task_of(cfg)
     source = str(get(cfg, "data.source"))
@@ -107,7 +116,8 @@ def validate(cfg: DictConfig) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("latency.device=cuda but no CUDA device is available; valid choices here: auto, cpu")
     for choice in get(cfg, "export.submodels") or []:
-        raise ConfigError(f"export.submodels: {choice!r}: the GLUE paradigm exports nothing yet; use export.submodels=[]")
+        raise ConfigError(f"export.submodels: {choice!r}: the GLUE paradigm exports the largest sub-model only "
+                          "(export.merge=true); use export.submodels=[]")
     check_model_path(str(get(cfg, "model.name_or_path")))
 
 
@@ -119,7 +129,8 @@ def load_model(cfg: DictConfig, num_labels: int):
     m = cfg.model
     random_config = OmegaConf.to_container(m.random_config) if m.get("random_config") else None
     try:
-        return load_sequence_classifier(str(m.name_or_path), num_labels, m.dtype, random_config)
+        quant = instantiate(cfg.quantization.config) if get(cfg, "quantization.enabled") else None
+        return load_sequence_classifier(str(m.name_or_path), num_labels, m.dtype, random_config, quant)
     except OfflineModelError as err:
         raise ConfigError(str(err)) from None
     except OSError as err:  # not on the hub / not cached offline / not a model folder
@@ -219,7 +230,8 @@ class GlueParadigm(Paradigm):
 
     def schemas(self, cfg: DictConfig) -> dict[str, type]:
         return {"model": ModelSchema, "data": DataSchema, "eval": EvalSchema, "export": ExportSchema,
-                "latency": LatencySchema, "adapter": adapter_of(cfg).options_schema}
+                "latency": LatencySchema, "quantization": QuantizationSchema,
+                "adapter": adapter_of(cfg).options_schema}
 
     def validate(self, cfg: DictConfig) -> None:
         validate(cfg)
@@ -234,4 +246,10 @@ class GlueParadigm(Paradigm):
         metrics["task"] = str(get(cfg, "data.task"))
         if self._datamodule is not None:
             metrics.update(latency_metrics(cfg, module, self._datamodule))
-        return []
+        if not get(cfg, "export.merge"):
+            return []
+        module.nested.apply(module.nested.space.largest)  # the merged model is the largest sub-model
+        tokenizer = self._datamodule.tokenizer if self._datamodule is not None else None
+        return adapter_of(cfg).export(module.model, module.nested.space.largest, run_dir / cfg.export.dir,
+                                      adapter_options(cfg), base_name=str(cfg.model.name_or_path), merge=True,
+                                      tokenizer=tokenizer)

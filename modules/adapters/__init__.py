@@ -48,6 +48,9 @@ class Adapter:
     def check(self, options: Mapping[str, Any], quantized: bool = False) -> None:
         """Raise AdapterError for options that cannot work (cheap: no model is loaded)."""
 
+    def check_merge(self, options: Mapping[str, Any]) -> None:
+        """Raise AdapterError when ``export.merge=true`` cannot merge this adapter into the base weights."""
+
     def axes(self, options: Mapping[str, Any]) -> dict[str, list[int]]:
         """The nested axes this adapter adds to the training space."""
         return {}

@@ -238,7 +238,7 @@ class KronAOptions:
     closed: ClassVar[bool] = True
     kind: str = "krona"
     variant: Literal["krona", "krona_block", "krona_block_res"] = "krona"
-    target_modules: Union[list[str], str] = "all-linear"
+    target_modules: Optional[Union[list[str], str]] = "all-linear"  # null: a block variant on a model without model.ffn_blocks
     factor: int = -1                          # -1: balanced factors (near-square); else a_out = a_in = factor
     a_shape: Optional[list[int]] = None       # explicit (a_out, a_in); b follows from the layer
     b_shape: Optional[list[int]] = None
@@ -270,6 +270,18 @@ class KronA(Adapter):
         for i, k in enumerate(options.get("eval_ranks") or []):
             if not 1 <= k <= r_max:
                 raise AdapterError(f"adapter.eval_ranks[{i}]={k} must be between 1 and {r_max}")
+        variant = options.get("variant", "krona")
+        if variant != "krona" and not options.get("target_modules"):
+            raise AdapterError(f"adapter.target_modules is empty: variant {variant!r} wraps whole FFN blocks, and this "
+                               "model config names none (model.ffn_blocks); set adapter.target_modules=[<block>] "
+                               "(T5: DenseReluDense, LLaMA / GPT-2: mlp). BERT-style encoders split their FFN "
+                               "across intermediate/output, so they have no single block to wrap")
+
+    def check_merge(self, options) -> None:
+        variant = options.get("variant", "krona")
+        if variant != "krona":
+            raise AdapterError(f"export.merge=true with adapter.variant={variant!r}: only 'krona' (parallel to one "
+                               "weight) merges into the base; the block variants run beside a whole FFN block")
 
     def axes(self, options) -> dict[str, list[int]]:
         return {"kron_rank": self._ranks(options)}
