@@ -129,3 +129,28 @@ def test_params_count_what_the_forward_runs_once_and_an_exit_skips_later_layers(
     second = sum(p.numel() for p in model.model.layers[1].parameters())
     exit_1 = forward_costs(model, ids)
     assert exit_1["params"] == total - second and exit_1["memory_mb"] == pytest.approx(4 * (total - second) / 2**20)
+
+
+def test_a_sweep_folder_pools_every_jobs_submodels(tmp_path):
+    """Two jobs' grids compete; the winner's job folder gets the selection (no checkpoint here: nothing exported)."""
+    import yaml
+
+    for job, acc in (("0", 0.6), ("1", 0.7)):
+        folder = tmp_path / job
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={job}"]))
+        (folder / "resume_config.yaml").write_text(yaml.safe_dump(
+            {"paradigm": "vision", "eval": {"metric": "test/acc", "higher_is_better": True}}))
+        (folder / "results.json").write_text(json.dumps(
+            {f"{k}@width={w}": v for w in (16, 32) for k, v in
+             (("test/acc", acc + w / 100), ("macs", 100 * w), ("params", 10 * w))}))
+    from experiments.results.select import select_task
+
+    chosen = select_task(OmegaConf.create({"select": {"run_dir": str(tmp_path), "budget": {"flops": 2 * 100 * 16}}}))
+    assert chosen["submodel"] == "width=16" and chosen["run_dir"] == str(tmp_path / "1")
+    assert chosen["score"] == pytest.approx(0.86) and chosen["costs"] == {"params": 160, "flops": 3200, "latency_ms": None,
+                                                                          "memory_mb": None}
+    assert json.loads((tmp_path / "1" / "selected" / "selection.json").read_text())["exported"] == []
+    with pytest.raises(ConfigError, match=r"select.budget.latency_ms=5: .* logged no latency_ms@<sub-model>; "
+                                          r"budgets it can check: flops, params"):
+        select_task(OmegaConf.create({"select": {"run_dir": str(tmp_path), "budget": {"latency_ms": 5}}}))
