@@ -157,11 +157,21 @@ class LMParadigm(Paradigm):
         return out
 
     def export_submodel(self, cfg: DictConfig, module, sub, folder: Path) -> list[Path]:
+        """The adapter's export of ``sub`` (the rank-b PEFT adapter); for a fully fine-tuned depth exit (SoFT),
+        which no adapter holds, the exit as a standalone HF model (the first n layers, norm and head)."""
         module.nested.apply(sub)
         try:
-            return adapter_of(cfg).export(module.model, sub, folder, adapter_options(cfg),
-                                          base_name=str(cfg.model.name_or_path), merge=bool(get(cfg, "export.merge")),
-                                          tokenizer=module.tokenizer)
+            out = adapter_of(cfg).export(module.model, sub, folder, adapter_options(cfg),
+                                         base_name=str(cfg.model.name_or_path), merge=bool(get(cfg, "export.merge")),
+                                         tokenizer=module.tokenizer)
+            if not out and sub.get("depth") is not None and get(cfg, "adapter.kind") == "none":
+                from modules.multi_exit import exit_model
+
+                exit_model(module.model, int(sub["depth"])).save_pretrained(folder)
+                if module.tokenizer is not None:
+                    module.tokenizer.save_pretrained(folder)
+                out = [folder]
+            return out
         finally:
             module.nested.apply(module.nested.space.largest)
 
