@@ -42,3 +42,16 @@ def test_the_exit_under_a_params_budget_is_exported_as_a_standalone_model_with_t
     ids = torch.tensor([[5, 17, 42, 9, 3]])
     with torch.no_grad():
         assert torch.allclose(exported(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits, atol=1e-5)
+
+
+def test_through_run_py_the_choice_is_explained_per_submodel(finished, env, tmp_path):
+    run_dir, results = finished
+    proc = run(["task=select", f"select.run_dir={run_dir}", f"select.budget.flops={results['flops@depth=1']}",
+                "select.export_dir=picked", f"hydra.run.dir={tmp_path}"], env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "| sub-model | params | flops | latency_ms | memory_mb | test/em | fits |" in out
+    assert "| → depth=1 |" in out and out.count("| yes |") == 1 and out.count("| no |") == 1  # exit 2 is over it
+    chosen = json.loads((run_dir / "picked" / "selection.json").read_text())
+    assert chosen["metric"] == "test/em" and chosen["submodel"] == "depth=1"
+    assert (run_dir / "picked" / "depth_1" / "config.json").exists()
