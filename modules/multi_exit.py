@@ -233,3 +233,22 @@ def multi_exit_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], exits: 
 def sft_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The SFT baseline: the answer-only loss at the last exit (= the model's ordinary loss)."""
     return multi_exit_loss(model, batch, [DecoderDepth(model).num_layers])[0]
+
+
+def exit_model(model: nn.Module, n: int) -> nn.Module:
+    """Exit n as a standalone HF model: a copy holding only the first n decoder layers (plus the shared
+    embeddings, final norm and head), its config saying n layers, so ``save_pretrained`` /
+    ``from_pretrained`` give a plain model whose forward equals the exit's."""
+    import copy
+
+    small = copy.deepcopy(model)
+    depth = DecoderDepth(small)
+    depth.check_exit(n)
+    setattr(depth.base, depth.layers_name, nn.ModuleList(list(depth.layers._modules.values())[:n]))
+    config = small.config
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, key, None), int):
+            setattr(config, key, n)
+    if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (newer configs)
+        config.layer_types = config.layer_types[:n]
+    return small

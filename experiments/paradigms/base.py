@@ -45,6 +45,21 @@ class Paradigm:
     def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
         return []
 
+    def export_submodel(self, cfg: DictConfig, module, sub, folder: Path) -> list[Path]:
+        """Save sub-model ``sub`` of a trained ``module`` into ``folder`` (``task=select``, ``export.submodels``);
+        the written paths. By default a paradigm exports nothing."""
+        return []
+
+    def trained_module(self, cfg: DictConfig, run_dir: Path):
+        """The module of a finished run, rebuilt from its config with its trained weights (and an earlier
+        stage's), re-factored as before its evaluation."""
+        module, _ = self.build(cfg)
+        if get(cfg, "init_from"):
+            load_trained_weights(module, checkpoint_of(cfg.init_from), "init_from", require_all=False)
+        load_trained_weights(module, checkpoint_of(run_dir, "select.run_dir"), "select.run_dir")
+        self.before_eval(cfg, module)
+        return module
+
     def finished_results(self, ctx: RunContext) -> dict[str, Any] | None:
         """The results of a run that already finished in this folder (it is not redone); by default a folder
         holding ``results.json`` is finished. A paradigm that writes results.json part-way (after each task of

@@ -146,15 +146,34 @@ class LMParadigm(Paradigm):
         adapter_of(cfg).before_eval(module.model, adapter_options(cfg))
 
     def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
-        """Export the chosen sub-models through the adapter (PEFT folders; merged HF models with export.merge)."""
-        adapter, options, out = adapter_of(cfg), adapter_options(cfg), []
+        """The costs of every evaluated sub-model (experiments/paradigms/lm_costs.py), then the chosen
+        sub-models exported through the adapter (PEFT folders; merged HF models with export.merge)."""
+        from experiments.paradigms.lm_costs import cost_metrics
+
+        metrics.update(cost_metrics(module, module.eval_grid))
+        out = []
         for sub in export_submodels(cfg, module, metrics):
-            folder = run_dir / cfg.export.dir / "_".join(f"{k}_{v}" for k, v in sub.dims)
-            module.nested.apply(sub)
-            out += adapter.export(module.model, sub, folder, options, base_name=str(cfg.model.name_or_path),
-                                  merge=bool(get(cfg, "export.merge")), tokenizer=module.tokenizer)
-        module.nested.apply(module.nested.space.largest)
+            out += self.export_submodel(cfg, module, sub, run_dir / cfg.export.dir / "_".join(f"{k}_{v}" for k, v in sub.dims))
         return out
+
+    def export_submodel(self, cfg: DictConfig, module, sub, folder: Path) -> list[Path]:
+        """The adapter's export of ``sub`` (the rank-b PEFT adapter); for a fully fine-tuned depth exit (SoFT),
+        which no adapter holds, the exit as a standalone HF model (the first n layers, norm and head)."""
+        module.nested.apply(sub)
+        try:
+            out = adapter_of(cfg).export(module.model, sub, folder, adapter_options(cfg),
+                                         base_name=str(cfg.model.name_or_path), merge=bool(get(cfg, "export.merge")),
+                                         tokenizer=module.tokenizer)
+            if not out and sub.get("depth") is not None and get(cfg, "adapter.kind") == "none":
+                from modules.multi_exit import exit_model
+
+                exit_model(module.model, int(sub["depth"])).save_pretrained(folder)
+                if module.tokenizer is not None:
+                    module.tokenizer.save_pretrained(folder)
+                out = [folder]
+            return out
+        finally:
+            module.nested.apply(module.nested.space.largest)
 
 
 def eval_ranks(cfg: DictConfig) -> list[int] | None:

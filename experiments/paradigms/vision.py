@@ -356,6 +356,8 @@ def cost_metrics(cfg: DictConfig, model, grid) -> dict[str, float]:
         for sub in grid:
             out[metric_key("params", sub)] = count_params(model, sub)
             out[metric_key("macs", sub)] = count_flops(model, sub)
+            # the sliced weights as stored (task=select's memory budget)
+            out[metric_key("memory_mb", sub)] = out[metric_key("params", sub)] * next(model.parameters()).element_size() / 2**20
             if get(cfg, "latency.repeats", 20) > 0:
                 out[metric_key("latency_ms", sub)] = measure_latency_ms(
                     model, sub, get(cfg, "latency.batch_size", 1), get(cfg, "latency.warmup", 3),
@@ -394,12 +396,7 @@ def submodel_rows(metrics: Mapping[str, float], grid, metric: str) -> tuple[list
 
 def export_submodels(cfg: DictConfig, model, metrics: Mapping[str, Any], grid, run_dir: Path) -> list[Path]:
     """``export.submodels`` (best, largest, smallest or keys) as standalone ViTs: ``model.pt`` + ``config.json``."""
-    import dataclasses
-    import json
-
-    import torch
-
-    from modules.sorted_vit import build_independent, copy_slices, count_flops
+    from modules.sorted_vit import count_flops
     from modules.submodel import SubModel
 
     by_cost = sorted(grid, key=lambda s: (count_flops(model, s), s.dims))
@@ -414,14 +411,27 @@ def export_submodels(cfg: DictConfig, model, metrics: Mapping[str, Any], grid, r
             sub = SubModel.parse(str(choice))
         if sub is None:
             continue
-        small = copy_slices(model, build_independent(model.config, sub), sub) if sub.dims else model
         folder = run_dir / get(cfg, "export.dir", "exports") / (sub.key.replace("=", "_").replace(",", "_") or "full")
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(small.state_dict(), folder / "model.pt")
-        (folder / "config.json").write_text(json.dumps(dataclasses.asdict(small.config), indent=2) + "\n")
+        export_one(model, sub, folder)
         if folder not in out:
             out.append(folder)
     return out
+
+
+def export_one(model, sub, folder: Path) -> list[Path]:
+    """Sub-network ``sub`` as a standalone ViT: ``model.pt`` + ``config.json`` in ``folder``."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from modules.sorted_vit import build_independent, copy_slices
+
+    small = copy_slices(model, build_independent(model.config, sub), sub) if sub.dims else model
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(small.state_dict(), folder / "model.pt")
+    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(small.config), indent=2) + "\n")
+    return [folder / "model.pt", folder / "config.json"]
 
 
 def after_eval(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
@@ -480,3 +490,6 @@ class VisionParadigm(Paradigm):
 
     def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
         return after_eval(cfg, module, metrics, run_dir)
+
+    def export_submodel(self, cfg: DictConfig, module, sub, folder: Path) -> list[Path]:
+        return export_one(module.model, sub, folder)

@@ -92,12 +92,20 @@ def job_label(job: Mapping[str, Any], varying: Sequence[str]) -> str:
 def collect(sweep_dir: str | Path, metric: str = "test/acc") -> list[dict[str, Any]]:
     """Rows {method, submodel, macs, params, latency_ms, score, std, n}: one per method and sub-network."""
     from experiments.core.config import ConfigError
-    from experiments.results.sweep import load_jobs, varying_overrides
+    from experiments.results.sweep import load_jobs
 
     jobs = load_jobs(Path(sweep_dir))
     if not jobs:
         raise ConfigError(f"pareto: no <job>/results.json in {sweep_dir}")
-    varying = varying_overrides(jobs)
+    return collect_jobs(jobs, metric, str(sweep_dir))
+
+
+def collect_jobs(jobs: Sequence[Mapping[str, Any]], metric: str = "test/acc", where: str = "the runs") -> list[dict[str, Any]]:
+    """``collect`` for jobs already read (``{"overrides", "metrics"}`` each): a paper table's runs."""
+    from experiments.core.config import ConfigError
+    from experiments.results.sweep import varying_overrides
+
+    varying = varying_overrides(list(jobs))
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
     for job in jobs:
         label = job_label(job, varying)
@@ -117,7 +125,7 @@ def collect(sweep_dir: str | Path, metric: str = "test/acc") -> list[dict[str, A
                      "score": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                      "n": len(scores)})
     if not rows:
-        raise ConfigError(f"pareto: no job in {sweep_dir} logged both {metric}@<sub-network> and macs@<sub-network>")
+        raise ConfigError(f"pareto: no job in {where} logged both {metric}@<sub-network> and macs@<sub-network>")
     return rows
 
 

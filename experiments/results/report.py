@@ -3,8 +3,9 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 from hydra.experimental.callback import Callback
 
@@ -39,8 +40,22 @@ def report_sweep(sweep_dir: str | Path, metrics: Sequence[str] | None = None,
     return md_path.read_text()
 
 
+@dataclasses.dataclass
+class ReportSchema:
+    closed: ClassVar[bool] = True
+    sweep_dir: Union[None, str, list[str]] = None
+    metrics: Optional[list[str]] = None
+    group_by: Optional[list[str]] = None
+    all: bool = False
+    tables: Union[None, str, list[str]] = None
+    wandb: bool = False
+
+
 def report_task(cfg) -> None:
     from experiments.core.config import ConfigError, get
+    from experiments.core.schema import check
+
+    check(cfg, "report", ReportSchema)
 
     sweep_dirs = get(cfg, "report.sweep_dir")
     sweep_dirs = [sweep_dirs] if isinstance(sweep_dirs, str) else list(sweep_dirs or [])
@@ -48,11 +63,26 @@ def report_task(cfg) -> None:
     if missing:
         raise ConfigError(f"report.sweep_dir={missing[0]!r}: no such folder; give a multirun folder "
                           "(e.g. multirun/qdylora/quick/<date>) or a list of them")
+    if get(cfg, "report.all"):  # every paper table of a results folder, one Markdown + one HTML report
+        from experiments.results.paper_report import write_paper_report
+
+        if len(sweep_dirs) != 1:
+            raise ConfigError(f"report.all=true takes one results folder in report.sweep_dir, got {sweep_dirs}")
+        names = get(cfg, "report.tables")
+        report = write_paper_report(Path(sweep_dirs[0]), [names] if isinstance(names, str) else names)
+        print(report["markdown"].read_text())
+        print(f"written: {report['markdown']} and {report['html']} "
+              f"({len(report['rendered'])} tables: {', '.join(report['rendered'])})")
+        if get(cfg, "report.wandb"):
+            from experiments.core.loggers import log_report
+
+            log_report(cfg, Path(sweep_dirs[0]), report["tables"])
+        return
     if get(cfg, "table"):  # a paper table spec (conf/table/)
         from experiments.results.tables import table_task
 
         print(table_task(cfg, sweep_dirs))
-        print(f"written: {Path(sweep_dirs[0]) / cfg.table.name}.md, .tex and .csv")
+        print(f"written: {Path(sweep_dirs[0]) / cfg.table.name}.md, .tex, .csv (and .png with table.plot)")
         return
     print(report_sweep(sweep_dirs[0], get(cfg, "report.metrics"), get(cfg, "report.group_by")))
     print(f"written: {Path(sweep_dirs[0]) / 'report.md'} and report.csv")
