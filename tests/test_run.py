@@ -81,7 +81,7 @@ def test_multirun_two_ranks_two_seeds_gives_the_aggregated_table(launcher, env, 
 
 
 @pytest.mark.parametrize("override, key, hint", [
-    ("adapter=dora", "adapter", "dylora, krona, lora, lora_svd, lora_truncated, matryoshka_lora, none, peft_lora"),
+    ("adapter=dora", "adapter", "dylora, krona, krona_block, krona_block_res, lora, lora_svd, lora_truncated, matryoshka_lora, none, peft_lora"),
     ("adapter.r_max=0", "adapter.r_max", ">= 1"),
     ("adapter.eval_ranks=[1,16]", "adapter.eval_ranks[1]", "between 1 and 4"),
     ("model.name_or_path=/no/such/model", "model.name_or_path", "offline alias"),
@@ -122,7 +122,7 @@ def test_help_is_fast(env):
 
     start = time.perf_counter()
     proc = run(["--help"], env)
-    assert proc.returncode == 0 and "adapter: dylora, krona, lora, lora_svd, lora_truncated, matryoshka_lora, none, peft_lora" in proc.stdout
+    assert proc.returncode == 0 and "adapter: dylora, krona, krona_block, krona_block_res, lora, lora_svd, lora_truncated, matryoshka_lora, none, peft_lora" in proc.stdout
     assert time.perf_counter() - start < 10  # generous for a loaded CI machine; goal is < 3 s
 
 
