@@ -9,7 +9,8 @@ Terms (each a scalar, zero when the student's recordings equal the teacher's, po
   (causal, non-padded) positions only, averaged over blocks;
 - ``logits``: KL(teacher || student) of the next-token distributions at temperature T, times T^2;
 - ``task``: the student's own loss (next-token cross-entropy, or the classification loss).
-Every mean runs over real tokens only (``token_mask``). ``ilkd_objective`` weighs them and returns each one.
+Every mean runs over real tokens only (``token_mask``); ``normalize`` makes each MSE relative to the teacher's
+mean square (scale-free across blocks). ``ilkd_objective`` weighs them and returns each one.
 
 ``record(model)`` captures, for one forward, the token embedding output, every block's output (forward
 hooks) and every attention layer's scores through an attention implementation registered with transformers
@@ -40,44 +41,55 @@ class Recording:
 
 
 # --- the terms (pure) ---------------------------------------------------------------------------------
-def masked_mse(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared difference over the features of real tokens; (B, T, C) and (B, T)."""
-    sq = (student.float() - teacher.float()).pow(2).mean(-1)
+def _token_mean(x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
     if token_mask is None:
-        return sq.mean()
-    m = token_mask.to(sq.dtype)
-    return (sq * m).sum() / m.sum().clamp_min(1)
+        return x.mean()
+    m = token_mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp_min(1)
+
+
+def masked_mse(student: torch.Tensor, teacher: torch.Tensor, token_mask: torch.Tensor | None,
+               normalize: bool = False) -> torch.Tensor:
+    """Mean squared difference over the features of real tokens; (B, T, C) and (B, T). ``normalize``: divided
+    by the teacher's mean square (a relative error: a decoder's residual stream grows by orders of magnitude
+    with depth, and outlier features would otherwise make the deepest blocks the whole loss)."""
+    sq = _token_mean((student.float() - teacher.float()).pow(2).mean(-1), token_mask)
+    if normalize:
+        sq = sq / _token_mean(teacher.float().pow(2).mean(-1), token_mask).clamp_min(1e-12)
+    return sq
 
 
 def hidden_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], layer_map: Sequence[int],
-               token_mask: torch.Tensor | None) -> torch.Tensor:
-    return torch.stack([masked_mse(s, teacher[t], token_mask) for s, t in zip(student, layer_map)]).mean()
+               token_mask: torch.Tensor | None, normalize: bool = False) -> torch.Tensor:
+    return torch.stack([masked_mse(s, teacher[t], token_mask, normalize) for s, t in zip(student, layer_map)]).mean()
 
 
 def attention_term(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor],
-                   kind: str = "mse_scores", token_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One block. scores (B, H, T, S), allowed (B or 1, 1, T, S) bool. MSE over allowed entries, or the
-    row KL over keys averaged over real query tokens."""
+                   kind: str = "mse_scores", token_mask: torch.Tensor | None = None,
+                   normalize: bool = False) -> torch.Tensor:
+    """One block. scores (B, H, T, S), allowed (B or 1, 1, T, S) bool. MSE over allowed entries (``normalize``:
+    relative to the teacher's mean square score), or the row KL over keys averaged over real query tokens."""
     (s, allowed), (t, _) = student, teacher
     s, t = s.float(), t.float()
     allowed = allowed.expand_as(s)
+    if token_mask is not None:  # padded queries (rows) out too
+        allowed = allowed & token_mask.bool()[:, None, :, None]
     if kind == "mse_scores":
-        return (s - t).pow(2)[allowed].mean()
+        mse = (s - t).pow(2)[allowed].mean()
+        return mse / t.pow(2)[allowed].mean().clamp_min(1e-12) if normalize else mse
     if kind != "kl_probs":
         raise ValueError(f"attention_loss={kind!r} is not an option; valid choices: {', '.join(ATTENTION_LOSSES)}")
     neg = torch.finfo(s.dtype).min
     log_ps = s.masked_fill(~allowed, neg).log_softmax(-1)
     log_pt = t.masked_fill(~allowed, neg).log_softmax(-1)
     kl = (log_pt.exp() * (log_pt - log_ps)).masked_fill(~allowed, 0.0).sum(-1).mean(1)  # (B, T)
-    rows = allowed.any(-1).any(1)
-    if token_mask is not None:
-        rows = rows & token_mask.bool()
-    return kl[rows].mean()
+    return kl[allowed.any(-1).any(1)].mean()
 
 
 def attention_mse_or_kl(student, teacher, layer_map: Sequence[int], kind: str,
-                        token_mask: torch.Tensor | None) -> torch.Tensor:
-    return torch.stack([attention_term(s, teacher[t], kind, token_mask) for s, t in zip(student, layer_map)]).mean()
+                        token_mask: torch.Tensor | None, normalize: bool = False) -> torch.Tensor:
+    return torch.stack([attention_term(s, teacher[t], kind, token_mask, normalize)
+                        for s, t in zip(student, layer_map)]).mean()
 
 
 def logit_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
@@ -103,6 +115,7 @@ class ILKDWeights:
     embedding: float = 1.0
     temperature: float = 2.0
     attention_loss: str = "mse_scores"
+    normalize: bool = False  # MSE terms relative to the teacher's mean square
 
     @property
     def needs_teacher(self) -> bool:
@@ -118,12 +131,12 @@ def ilkd_objective(weights: ILKDWeights, task: torch.Tensor, student: Recording,
         if weights.logits > 0:
             terms["logits"] = logit_kl(student_logits, teacher_logits, weights.temperature, token_mask)
         if weights.hidden > 0:
-            terms["hidden"] = hidden_mse(student.hidden, teacher.hidden, layer_map, token_mask)
+            terms["hidden"] = hidden_mse(student.hidden, teacher.hidden, layer_map, token_mask, weights.normalize)
         if weights.attention > 0:
             terms["attention"] = attention_mse_or_kl(student.attention, teacher.attention, layer_map,
-                                                     weights.attention_loss, token_mask)
+                                                     weights.attention_loss, token_mask, weights.normalize)
         if weights.embedding > 0:
-            terms["embedding"] = masked_mse(student.embedding, teacher.embedding, token_mask)
+            terms["embedding"] = masked_mse(student.embedding, teacher.embedding, token_mask, weights.normalize)
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     return total, terms
 

@@ -60,6 +60,7 @@ class DistillSchema:
     embedding_weight: float = opt(1.0, min=0)
     temperature: float = opt(2.0, min=1e-6)
     attention_loss: Literal["mse_scores", "kl_probs"] = "mse_scores"
+    normalize: bool = False
     layer_map: Optional[list[int]] = None
 
 
@@ -94,7 +95,7 @@ def ilkd_weights(cfg: DictConfig):
     d = cfg.distill
     return ILKDWeights(task=d.task_weight, logits=d.logit_weight, hidden=d.hidden_weight,
                        attention=d.attention_weight, embedding=d.embedding_weight, temperature=d.temperature,
-                       attention_loss=d.attention_loss)
+                       attention_loss=d.attention_loss, normalize=bool(d.normalize))
 
 
 def teacher_spec(cfg: DictConfig) -> tuple[str, dict | None, str]:
@@ -116,12 +117,18 @@ def architecture_config(name_or_path: str, random_config: dict | None):
 
     if name_or_path.startswith(RANDOM_PREFIX):
         return AutoConfig.for_model(name_or_path[len(RANDOM_PREFIX):], **(random_config or {}))
-    from modules.offline import OFFLINE_MODELS, resolve_model_path
+    from modules.offline import OFFLINE_MODELS, OfflineModelError, converted_dir, package_dir
 
+    path = name_or_path
+    if name_or_path in OFFLINE_MODELS:  # read only what is already on disk: no conversion in a check
+        spec = OFFLINE_MODELS[name_or_path]
+        try:
+            path = str(converted_dir(spec) if spec.converter else package_dir(spec))
+        except OfflineModelError:
+            return None
     try:
-        path = resolve_model_path(name_or_path) if name_or_path in OFFLINE_MODELS else name_or_path
         return AutoConfig.from_pretrained(path)
-    except Exception:  # not cached offline: checked when it loads
+    except Exception:  # not on disk (a hub id offline, a model not converted yet): checked when it loads
         return None
 
 
