@@ -197,13 +197,16 @@ def compress_student(cfg: DictConfig, model) -> tuple[list[int] | None, dict[str
     return layer_map, metrics
 
 
-def load_teacher(cfg: DictConfig, dense_copy, loader):
+def load_teacher(cfg: DictConfig, dense_copy, loader, student_vocab: int):
     """The frozen teacher: the dense model before compression, or ``distill.teacher`` (with
     ``distill.teacher_init_from``: the trained weights of an earlier run of that model, e.g. a fine-tuned one)."""
     from experiments.core.runtime import checkpoint_of, read_checkpoint
 
     name, random_config, key = teacher_spec(cfg)
     teacher = dense_copy if key == "model.name_or_path" else loader(name, random_config)
+    if teacher.config.vocab_size != student_vocab:  # a hub teacher validate could not read offline
+        raise ConfigError(f"distill.teacher={name!r} has a vocabulary of {teacher.config.vocab_size} tokens but the "
+                          f"student has {student_vocab}; the logit and embedding terms need the same tokenizer")
     source = get(cfg, "distill.teacher_init_from")
     if source:
         state = read_checkpoint(checkpoint_of(source, "distill.teacher_init_from"), "distill.teacher_init_from")
@@ -254,7 +257,8 @@ class DistillLMParadigm(LMParadigm):
         teacher = None
         if weights.needs_teacher:
             teacher = load_teacher(cfg, dense, lambda name, rc: load_causal_lm(
-                name, cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"), random_config=rc)[0])
+                name, cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"), random_config=rc)[0],
+                model.config.vocab_size)
         module = DistillCausalLM(model, tokenizer, nested, training_sampler(cfg, nested.space.axes),
                                  optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_container(cfg.scheduler),
                                  eval_grid=eval_grid(cfg, nested), generate=False, teacher=teacher, ilkd=weights,
@@ -299,7 +303,7 @@ class DistillGlueParadigm(glue.GlueParadigm):
                 from modules.hf_model import load_sequence_classifier
 
                 return load_sequence_classifier(name, task.num_labels, cfg.model.dtype, rc)[0]
-            teacher = load_teacher(cfg, dense, loader)
+            teacher = load_teacher(cfg, dense, loader, model.config.vocab_size)
         module = DistillSequenceClassifier(model, nested, training_sampler(cfg, nested.space.axes),
                                            optimizer=instantiate(cfg.optimizer),
                                            scheduler=OmegaConf.to_container(cfg.scheduler),
