@@ -10,7 +10,7 @@ from modules.compression import (CompressionError, compress, decoder_blocks, lay
                                  plan_compression, select_layers, spread, truncate_layers)
 from modules.ilkd import (ILKDWeights, attention_term, ilkd_objective, logit_kl, masked_mse, record,
                           use_recording_attention)
-from modules.kronecker import FusedKroneckerLinear, KroneckerEmbedding, KroneckerLinear, KroneckerTiedHead, kron_dense
+from modules.kronecker import FusedKroneckerLinear, KroneckerEmbedding, KroneckerLinear, KroneckerTiedHead
 from tests.conftest import tiny_llama_config
 
 
