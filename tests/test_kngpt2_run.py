@@ -102,3 +102,23 @@ def test_glue_stage_from_the_lm_stage(stage1, tmp_path, env):
     stage = json.loads((glue / "run_info.json").read_text())["init_from"]
     lm_state = torch.load(stage1 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert stage["tensors"] == len(lm_state)  # every stage-1 tensor (the tied head has none of its own)
+
+
+def test_teacher_takes_the_trained_weights_of_an_earlier_run(tmp_path):
+    """``distill.teacher_init_from``: the teacher (here the dense tiny GPT-2) loads a run's ``model.*`` tensors."""
+    from experiments.paradigms.distill import load_teacher
+    from tests.test_kngpt2 import tiny_gpt2
+
+    trained = tiny_gpt2()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.5)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, ckpt)
+    cfg = compose_cfg(TINY + [f"distill.teacher_init_from={ckpt}"])
+    teacher = load_teacher(cfg, tiny_gpt2(), loader=None, student_vocab=260)
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(teacher.state_dict()[key], value, rtol=0, atol=0)
+    torch.save({"state_dict": {"model.other.weight": torch.zeros(1)}}, ckpt)
+    with pytest.raises(ConfigError, match="holds no weight of the teacher"):
+        load_teacher(cfg, tiny_gpt2(), loader=None, student_vocab=260)
