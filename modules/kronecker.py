@@ -168,6 +168,14 @@ def nearest_kronecker(W: torch.Tensor, a_shape: Sequence[int], b_shape: Sequence
     return A, B, error
 
 
+INITS = ("nearest", "random")
+
+
+def check_init(init: str, name: str = "layer") -> None:
+    if init not in INITS:
+        raise ValueError(f"{name}: init={init!r} is not an option; valid choices: {', '.join(INITS)}")
+
+
 def _dense_weight(linear_or_weight) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(d_out, d_in) weight and bias of an nn.Linear, transformers' Conv1D (stored (in, out)), or a tensor."""
     if isinstance(linear_or_weight, torch.Tensor):
@@ -208,17 +216,20 @@ class KroneckerLinear(nn.Module):
     @classmethod
     def from_dense(cls, linear_or_weight, a_shape: Shape | None = None, b_shape: Shape | None = None,
                    rank: int = 1, factor: int = -1, bias: torch.Tensor | None = None,
-                   name: str = "layer") -> "KroneckerLinear":
+                   name: str = "layer", init: str = "nearest") -> "KroneckerLinear":
         """Nearest sum of ``rank`` Kronecker products of a dense layer (nn.Linear, GPT-2 Conv1D, or a
-        (d_out, d_in) tensor; ``bias`` overrides the layer's)."""
+        (d_out, d_in) tensor; ``bias`` overrides the layer's). ``init="random"``: same shapes and bias, factors
+        left at their random init (the baseline that shows what the nearest-Kronecker start is worth)."""
+        check_init(init, name)
         W, layer_bias = _dense_weight(linear_or_weight)
         bias = layer_bias if bias is None else bias
         d_out, d_in = W.shape
         layer = cls(d_in, d_out, a_shape, b_shape, rank, bias is not None, factor, name).to(W.device, W.dtype)
-        A, B, layer.approx_error = nearest_kronecker(W, layer.a_shape, layer.b_shape, rank, True, name)
         with torch.no_grad():
-            layer.A.copy_(A)
-            layer.B.copy_(B)
+            if init == "nearest":
+                A, B, layer.approx_error = nearest_kronecker(W, layer.a_shape, layer.b_shape, rank, True, name)
+                layer.A.copy_(A)
+                layer.B.copy_(B)
             if bias is not None:
                 layer.bias.copy_(bias)
         return layer
@@ -254,14 +265,18 @@ class KroneckerEmbedding(nn.Module):
 
     @classmethod
     def from_dense(cls, embedding_or_weight, factor: int = 2, rank: int = 1,
-                   name: str = "embedding") -> "KroneckerEmbedding":
+                   name: str = "embedding", init: str = "nearest") -> "KroneckerEmbedding":
+        check_init(init, name)
         W = embedding_or_weight.weight if isinstance(embedding_or_weight, nn.Embedding) else embedding_or_weight
         V, d = W.shape
         layer = cls(V, d, factor, rank, name).to(W.device, W.dtype)
-        A, B, layer.approx_error = nearest_kronecker(W, (V, d // factor), (1, factor), rank, True, name)
         with torch.no_grad():
-            layer.A.copy_(A)
-            layer.B.copy_(B)
+            if init == "nearest":
+                A, B, layer.approx_error = nearest_kronecker(W, (V, d // factor), (1, factor), rank, True, name)
+                layer.A.copy_(A)
+                layer.B.copy_(B)
+            else:  # random rows at the dense table's scale (a unit-normal table would swamp a trained model)
+                layer.A.mul_(W.detach().float().std().item())
         return layer
 
     @property
@@ -275,3 +290,50 @@ class KroneckerEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, factor={self.factor}, rank={self.rank}"
+
+
+class FusedKroneckerLinear(nn.Module):
+    """A fused map (GPT-2's ``c_attn``: Q, K and V in one Conv1D) split into ``parts`` equal output slices
+    before decomposing, each its own ``KroneckerLinear``: y = cat(part_0(x), ..., part_{n-1}(x)). One
+    product over the fused matrix would mix Q, K and V in its factors."""
+
+    def __init__(self, parts: Sequence[KroneckerLinear]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.in_features = parts[0].in_features
+        self.out_features = sum(p.out_features for p in parts)
+
+    @classmethod
+    def from_dense(cls, linear_or_weight, parts: int, a_shape: Shape | None = None, b_shape: Shape | None = None,
+                   rank: int = 1, factor: int = -1, name: str = "layer", init: str = "nearest"):
+        W, bias = _dense_weight(linear_or_weight)
+        if parts <= 0 or W.shape[0] % parts:
+            raise ValueError(f"{name}: the fused map's {W.shape[0]} outputs do not split into {parts} equal parts")
+        ws, bs = W.chunk(parts, 0), (bias.chunk(parts, 0) if bias is not None else [None] * parts)
+        return cls([KroneckerLinear.from_dense(w, a_shape, b_shape, rank, factor, b, f"{name}[{i}]", init)
+                    for i, (w, b) in enumerate(zip(ws, bs))])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([p.weight for p in self.parts], 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], -1)
+
+
+class KroneckerTiedHead(nn.Module):
+    """An LM head tied to a ``KroneckerEmbedding`` (E = sum_k A_k ⊗ b_k, (V, d)): logits = h E^T through
+    ``kron_matmul`` with the embedding's own factors (a_out = V, b_out = 1), never building E. It owns no
+    parameters, so the tie survives training and checkpoints."""
+
+    def __init__(self, embedding: KroneckerEmbedding):
+        super().__init__()
+        self._embedding = [embedding]  # a list: not a submodule, so its factors are counted once
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._embedding[0].weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        emb = self._embedding[0]
+        return kron_matmul(hidden, emb.A, emb.B)

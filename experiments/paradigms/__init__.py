@@ -13,6 +13,7 @@ PARADIGMS: dict[str, str] = {
     "glue": "experiments.paradigms.glue:GlueParadigm",
     "speech": "experiments.paradigms.speech:SpeechParadigm",
     "continual": "experiments.paradigms.continual:ContinualParadigm",
+    "distill_lm": "experiments.paradigms.distill:DistillLMParadigm", "distill_glue": "experiments.paradigms.distill:DistillGlueParadigm",
 }
 _registered: dict[str, object] = {}
 

@@ -1,0 +1,319 @@
+"""KnGPT2: a compressed student (Kronecker factors, or fewer dense layers) distilled from its dense teacher.
+
+Two paradigms on the LM and GLUE ones, sharing the ``compression`` group (modules/compression.py) and the
+``distill`` group (ILKD weights, temperature, attention switch, teacher; modules/ilkd.py):
+- ``distill_lm``: causal LM on a text corpus (data/lm_text.py), stage 1 (pre-training on a corpus slice) and
+  stage 2 (fine-tuning, ``init_from=<stage 1 run>``) alike; metric ``test/ppl`` under one strided protocol;
+- ``distill_glue``: GLUE sequence classification through the GLUE paradigm's data, metrics and latency.
+The student is the model group's model, compressed after loading; the teacher is, by default, a frozen copy
+of that model before compression (``distill.teacher`` names another), loaded only when a distillation
+weight is positive. ``results.json`` gets the parameter counts of student and dense model and the
+compression ratios (``compression/ratio``: dense / student distinct parameters).
+
+Checked before anything loads (on a meta-device copy of the architecture, from its config alone): every
+selected block and target exists, factor shapes divide every selected map, the truncated depth exists, and
+the teacher's vocabulary is the student's.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.core.config import ConfigError, get, instantiate
+from experiments.core.schema import opt
+from experiments.paradigms import glue
+from experiments.paradigms.lm import LMParadigm, build_lm, eval_grid, training_sampler
+
+
+@dataclasses.dataclass
+class CompressionSchema:
+    closed: ClassVar[bool] = True
+    kind: Literal["kronecker", "truncate", "none"] = "kronecker"
+    layers: Union[Literal["odd", "even", "all", "none"], list[int]] = "odd"
+    embedding: bool = True
+    targets: Optional[list[str]] = None
+    a_shape: Optional[list[int]] = None
+    b_shape: Optional[list[int]] = None
+    factor: int = -1
+    rank: int = opt(1, min=1)
+    embedding_factor: int = opt(2, min=1)
+    embedding_rank: int = opt(1, min=1)
+    init: Literal["nearest", "random"] = "nearest"
+    fused: Optional[dict] = None
+    num_layers: Optional[int] = opt(None, min=1)
+
+
+@dataclasses.dataclass
+class DistillSchema:
+    closed: ClassVar[bool] = True
+    teacher: Optional[str] = None
+    teacher_random_config: Optional[dict] = None
+    teacher_init_from: Optional[str] = None
+    task_weight: float = opt(1.0, min=0)
+    logit_weight: float = opt(1.0, min=0)
+    hidden_weight: float = opt(1.0, min=0)
+    attention_weight: float = opt(1.0, min=0)
+    embedding_weight: float = opt(1.0, min=0)
+    temperature: float = opt(2.0, min=1e-6)
+    attention_loss: Literal["mse_scores", "kl_probs"] = "mse_scores"
+    normalize: bool = False
+    layer_map: Optional[list[int]] = None
+
+
+@dataclasses.dataclass
+class TextDataSchema:
+    closed: ClassVar[bool] = False
+    source: Literal["pydoc", "hf"] = "pydoc"
+    hf_id: Optional[str] = None
+    hf_config: Optional[str] = None
+    text_column: str = "text"
+    splits: Optional[dict] = None
+    block_size: int = opt(128, min=2)
+    eval_context: int = opt(128, min=2)
+    eval_stride: int = opt(64, min=1)
+    batch_size: int = opt(8, min=1)
+    eval_batch_size: int = opt(8, min=1)
+    limit_train: Optional[int] = opt(None, min=1)
+    limit_val: Optional[int] = opt(None, min=1)
+    limit_test: Optional[int] = opt(None, min=1)
+    num_workers: int = opt(0, min=0)
+
+
+# --- config -> pieces ------------------------------------------------------------------------------
+def compression_options(cfg: DictConfig) -> dict[str, Any]:
+    options = OmegaConf.to_container(cfg.compression, resolve=True)
+    return {k: v for k, v in options.items() if not (k == "fused" and v is None)}
+
+
+def ilkd_weights(cfg: DictConfig):
+    from modules.ilkd import ILKDWeights
+
+    d = cfg.distill
+    return ILKDWeights(task=d.task_weight, logits=d.logit_weight, hidden=d.hidden_weight,
+                       attention=d.attention_weight, embedding=d.embedding_weight, temperature=d.temperature,
+                       attention_loss=d.attention_loss, normalize=bool(d.normalize))
+
+
+def teacher_spec(cfg: DictConfig) -> tuple[str, dict | None, str]:
+    """(name_or_path, random config, the key it came from) of the teacher."""
+    name = get(cfg, "distill.teacher")
+    if name:
+        random_config = get(cfg, "distill.teacher_random_config")
+        return str(name), (OmegaConf.to_container(random_config) if random_config else None), "distill.teacher"
+    random_config = get(cfg, "model.random_config")
+    return (str(get(cfg, "model.name_or_path")), OmegaConf.to_container(random_config) if random_config else None,
+            "model.name_or_path")
+
+
+def architecture_config(name_or_path: str, random_config: dict | None):
+    """The transformers config of a model, without its weights (None where it cannot be read offline)."""
+    from transformers import AutoConfig
+
+    from modules.hf_model import RANDOM_PREFIX
+
+    if name_or_path.startswith(RANDOM_PREFIX):
+        return AutoConfig.for_model(name_or_path[len(RANDOM_PREFIX):], **(random_config or {}))
+    from modules.offline import OFFLINE_MODELS, OfflineModelError, converted_dir, package_dir
+
+    path = name_or_path
+    if name_or_path in OFFLINE_MODELS:  # read only what is already on disk: no conversion in a check
+        spec = OFFLINE_MODELS[name_or_path]
+        try:
+            path = str(converted_dir(spec) if spec.converter else package_dir(spec))
+        except OfflineModelError:
+            return None
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception:  # not on disk (a hub id offline, a model not converted yet): checked when it loads
+        return None
+
+
+def check_student_and_teacher(cfg: DictConfig, sequence_classification: bool = False) -> None:
+    from modules.compression import CompressionError, decoder_blocks, meta_copy, plan_compression
+
+    random_config = get(cfg, "model.random_config")
+    config = architecture_config(str(get(cfg, "model.name_or_path")),
+                                 OmegaConf.to_container(random_config) if random_config else None)
+    if config is not None:
+        if sequence_classification:
+            config.num_labels = max(glue.task_of(cfg).num_labels, 1)
+        model = meta_copy(config, sequence_classification)
+        options = compression_options(cfg)
+        try:
+            plan_compression(model, options)
+        except CompressionError as err:
+            raise ConfigError(str(err)) from None
+        n_blocks = len(decoder_blocks(model)[1])
+        n = get(cfg, "compression.num_layers")
+        if options["kind"] == "truncate" and n is not None and n > n_blocks:
+            raise ConfigError(f"compression.num_layers={n} is more than the model's {n_blocks} blocks; valid: 1..{n_blocks}")
+    if not ilkd_weights(cfg).needs_teacher:
+        return
+    name, teacher_random, key = teacher_spec(cfg)
+    if key == "distill.teacher":
+        teacher = architecture_config(name, teacher_random)
+        if config is not None and teacher is not None and teacher.vocab_size != config.vocab_size:
+            raise ConfigError(f"distill.teacher={name!r} has a vocabulary of {teacher.vocab_size} tokens but the student "
+                              f"({get(cfg, 'model.name_or_path')}) has {config.vocab_size}; the logit and embedding "
+                              f"terms need the same tokenizer: give a teacher of the student's family")
+
+
+def check_adapter(cfg: DictConfig) -> None:
+    if get(cfg, "adapter.kind") != "none" or get(cfg, "quantization.enabled"):
+        raise ConfigError(f"adapter.kind={get(cfg, 'adapter.kind')!r}: a compressed student trains all its weights; "
+                          "use adapter=none (and quantization=none)")
+
+
+def compress_student(cfg: DictConfig, model) -> tuple[list[int] | None, dict[str, float]]:
+    """Compress ``model`` in place from the ``compression`` group; (layer map or None, metrics)."""
+    from modules.compression import (Compression, CompressionError, approximation_errors, compress,
+                                     compression_metrics, decoder_blocks, layers_matching, parameter_counts,
+                                     plan_compression, spread, truncate_layers)
+
+    dense = parameter_counts(model)
+    opts = Compression.of(compression_options(cfg))
+    layer_map = None
+    try:
+        if opts.kind == "kronecker":
+            compress(model, opts)
+        elif opts.kind == "truncate":
+            n_blocks = len(decoder_blocks(model)[1])
+            k = opts.num_layers
+            if k is None:  # the depth whose size is closest to the Kronecker student of the other options
+                saved = sum(s.dense_params - s.kron_params
+                            for s in plan_compression(model, dataclasses.replace(opts, kind="kronecker")))
+                k = layers_matching(model, int(dense["params/total"] - saved))
+            layer_map = truncate_layers(model, spread(n_blocks, k))
+    except CompressionError as err:
+        raise ConfigError(str(err)) from None
+    metrics = compression_metrics(model, dense)
+    metrics.update(approximation_errors(model))
+    if layer_map is not None:
+        metrics["compression/num_layers"] = float(len(layer_map))
+    return layer_map, metrics
+
+
+def load_teacher(cfg: DictConfig, dense_copy, loader, student_vocab: int):
+    """The frozen teacher: the dense model before compression, or ``distill.teacher`` (with
+    ``distill.teacher_init_from``: the trained weights of an earlier run of that model, e.g. a fine-tuned one)."""
+    from experiments.core.runtime import checkpoint_of, read_checkpoint
+
+    name, random_config, key = teacher_spec(cfg)
+    teacher = dense_copy if key == "model.name_or_path" else loader(name, random_config)
+    if teacher.config.vocab_size != student_vocab:  # a hub teacher validate could not read offline
+        raise ConfigError(f"distill.teacher={name!r} has a vocabulary of {teacher.config.vocab_size} tokens but the "
+                          f"student has {student_vocab}; the logit and embedding terms need the same tokenizer")
+    source = get(cfg, "distill.teacher_init_from")
+    if source:
+        state = read_checkpoint(checkpoint_of(source, "distill.teacher_init_from"), "distill.teacher_init_from")
+        weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+        missing = teacher.load_state_dict(weights, strict=False)
+        if len(missing.missing_keys) == len(teacher.state_dict()):
+            raise ConfigError(f"distill.teacher_init_from={source!r} holds no weight of the teacher")
+    return teacher
+
+
+def layer_map_of(cfg: DictConfig, student, teacher, layer_map: list[int] | None) -> list[int] | None:
+    from modules.compression import decoder_blocks, spread
+
+    if get(cfg, "distill.layer_map"):
+        return list(get(cfg, "distill.layer_map"))
+    if layer_map is not None or teacher is None:
+        return layer_map
+    return spread(len(decoder_blocks(teacher)[1]), len(decoder_blocks(student)[1]))
+
+
+class DistillLMParadigm(LMParadigm):
+    name = "distill_lm"
+    PLOT_METRICS = ("test/ppl", "test/loss")
+
+    def __init__(self):
+        self.compression_metrics: dict[str, float] = {}
+
+    def schemas(self, cfg: DictConfig) -> dict[str, type]:
+        return {**super().schemas(cfg), "data": TextDataSchema, "compression": CompressionSchema,
+                "distill": DistillSchema}
+
+    def validate(self, cfg: DictConfig) -> None:
+        check_adapter(cfg)
+        super().validate(cfg)
+        check_student_and_teacher(cfg)
+
+    def check_resources(self, cfg: DictConfig) -> None:
+        pass  # the GPU memory estimate models adapters on a frozen base, not full training of a student
+
+    def build(self, cfg: DictConfig):
+        from modules.distill_module import DistillCausalLM
+        from modules.hf_model import load_causal_lm
+
+        model, tokenizer, nested = build_lm(cfg)
+        weights = ilkd_weights(cfg)
+        dense = copy.deepcopy(model) if weights.needs_teacher and not get(cfg, "distill.teacher") else None
+        layer_map, self.compression_metrics = compress_student(cfg, model)
+        teacher = None
+        if weights.needs_teacher:
+            teacher = load_teacher(cfg, dense, lambda name, rc: load_causal_lm(
+                name, cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"), random_config=rc)[0],
+                model.config.vocab_size)
+        module = DistillCausalLM(model, tokenizer, nested, training_sampler(cfg, nested.space.axes),
+                                 optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_container(cfg.scheduler),
+                                 eval_grid=eval_grid(cfg, nested), generate=False, teacher=teacher, ilkd=weights,
+                                 layer_map=layer_map_of(cfg, model, teacher, layer_map))
+        return module, instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed)
+
+    def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
+        metrics.update(self.compression_metrics)
+        metrics["protocol"] = (f"context={get(cfg, 'data.eval_context')},stride={get(cfg, 'data.eval_stride')},"
+                               f"{'fine-tuned' if get(cfg, 'trainer.max_steps') else 'zero-shot'}")
+        return []
+
+
+class DistillGlueParadigm(glue.GlueParadigm):
+    name = "distill_glue"
+
+    def __init__(self):
+        super().__init__()
+        self.compression_metrics: dict[str, float] = {}
+
+    def schemas(self, cfg: DictConfig) -> dict[str, type]:
+        return {**super().schemas(cfg), "compression": CompressionSchema, "distill": DistillSchema}
+
+    def validate(self, cfg: DictConfig) -> None:
+        check_adapter(cfg)
+        super().validate(cfg)
+        check_student_and_teacher(cfg, sequence_classification=True)
+
+    def build(self, cfg: DictConfig):
+        from modules.adapters import get_adapter
+        from modules.distill_module import DistillSequenceClassifier
+
+        task = glue.task_of(cfg)
+        model, tokenizer = glue.load_model(cfg, task.num_labels)
+        nested = get_adapter("none").attach(model, {})
+        weights = ilkd_weights(cfg)
+        dense = copy.deepcopy(model) if weights.needs_teacher and not get(cfg, "distill.teacher") else None
+        layer_map, self.compression_metrics = compress_student(cfg, model)
+        teacher = None
+        if weights.needs_teacher:
+            def loader(name, rc):
+                from modules.hf_model import load_sequence_classifier
+
+                return load_sequence_classifier(name, task.num_labels, cfg.model.dtype, rc)[0]
+            teacher = load_teacher(cfg, dense, loader, model.config.vocab_size)
+        module = DistillSequenceClassifier(model, nested, training_sampler(cfg, nested.space.axes),
+                                           optimizer=instantiate(cfg.optimizer),
+                                           scheduler=OmegaConf.to_container(cfg.scheduler),
+                                           eval_grid=eval_grid(cfg, nested), num_labels=task.num_labels,
+                                           metrics=task.metrics, teacher=teacher, ilkd=weights,
+                                           layer_map=layer_map_of(cfg, model, teacher, layer_map))
+        self._datamodule = instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed)
+        return module, self._datamodule
+
+    def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
+        out = super().after_eval(cfg, module, metrics, run_dir)
+        metrics.update(self.compression_metrics)
+        return out
