@@ -12,6 +12,10 @@ Judges (anything with ``prefer(items) -> [+1 first better | -1 second better | 0
   ``CHAT_PROMPT`` asks an instruction model (a stand-in judge) through its chat template.
 - ``ReferenceJudge``: no model; the answer with the higher token F1 against the reference answers wins.
 
+A small LM judge often prefers one position whatever the answers (then every verdict flips with the order and
+the score is 0). ``calibrated=True`` reads one verdict per pair from the difference of the two orders' log-odds
+instead, which cancels a constant position preference (``calibrated_verdicts``).
+
 Pure torch + transformers: no Lightning, no Hydra.
 """
 from __future__ import annotations
@@ -129,6 +133,11 @@ class LogProbJudge:
             out.append(logits.log_softmax(-1).cpu().gather(1, choice_ids))
         return torch.cat(out) if out else torch.empty(0, len(self.choices))
 
+    def log_odds(self, pairs: Sequence[Pair]) -> list[float]:
+        """log p("1") - log p("2") per pair: how much the judge favours the first response."""
+        lp = self.choice_logprobs(pairs)
+        return (lp[:, 0] - lp[:, 1]).tolist()
+
     def prefer(self, pairs: Sequence[Pair]) -> list[int]:
         lp = self.choice_logprobs(pairs)
         verdicts = []
@@ -151,13 +160,28 @@ def pairwise_score(outcomes: Iterable[int]) -> dict[str, float]:
             "ties": total - wins - losses, "total": total}
 
 
-def judge_both_orders(judge: Any, pairs: Sequence[Pair]) -> tuple[dict[str, float], list[tuple[int, int]]]:
+def calibrated_verdicts(judge: Any, forward: Sequence[Pair], swapped: Sequence[Pair], margin: float = 0.0
+                        ) -> tuple[list[int], list[int]]:
+    """Position-calibrated verdicts of an LM judge: A is better when the judge favours A as response 1 more than it
+    favours B as response 1, i.e. log-odds(A, B) - log-odds(B, A) > margin; a constant preference for one position
+    cancels inside the difference. The one verdict stands for both orders."""
+    ab, ba = judge.log_odds(forward), judge.log_odds(swapped)
+    verdicts = [0 if abs(x - y) <= margin else (1 if x > y else -1) for x, y in zip(ab, ba)]
+    return verdicts, [-v for v in verdicts]
+
+
+def judge_both_orders(judge: Any, pairs: Sequence[Pair], calibrated: bool = False
+                      ) -> tuple[dict[str, float], list[tuple[int, int]]]:
     """Judge each pair as (first, second) and as (second, first); returns A's (= first's) score over all 2N
-    judgments and, per pair, A's outcome in each order. Identical answers are ties, not sent to the judge."""
+    judgments and, per pair, A's outcome in each order. Identical answers are ties, not sent to the judge.
+    ``calibrated`` (an LM judge): one verdict per pair from both orders' log-odds (``calibrated_verdicts``)."""
     ask = [i for i, p in enumerate(pairs) if normalize_answer(p.first) != normalize_answer(p.second)]
-    forward = judge.prefer([pairs[i] for i in ask])
-    swapped = judge.prefer([Pair(pairs[i].instruction, pairs[i].second, pairs[i].first, pairs[i].references)
-                            for i in ask])
+    forward_pairs = [pairs[i] for i in ask]
+    swapped_pairs = [Pair(p.instruction, p.second, p.first, p.references) for p in forward_pairs]
+    if calibrated:
+        forward, swapped = calibrated_verdicts(judge, forward_pairs, swapped_pairs, getattr(judge, "margin", 0.0))
+    else:
+        forward, swapped = judge.prefer(forward_pairs), judge.prefer(swapped_pairs)
     per_pair = [(0, 0)] * len(pairs)
     for i, ab, ba in zip(ask, forward, swapped):
         per_pair[i] = (ab, -ba)  # in the swapped order "first" is B: A wins when the judge prefers the second
@@ -167,8 +191,8 @@ def judge_both_orders(judge: Any, pairs: Sequence[Pair]) -> tuple[dict[str, floa
     return score, per_pair
 
 
-def judge_generations(judge: Any, ours: dict[str, list[dict]], theirs: dict[str, list[dict]]
-                      ) -> dict[str, tuple[dict[str, float], list[dict]]]:
+def judge_generations(judge: Any, ours: dict[str, list[dict]], theirs: dict[str, list[dict]],
+                      calibrated: bool = False) -> dict[str, tuple[dict[str, float], list[dict]]]:
     """For every sub-model key in both runs (e.g. ``depth=6``), pair the rows by prompt (the k-th occurrence
     of a prompt with the k-th) and judge ours (first) against theirs in both orders. Rows are
     ``{"prompt", "prediction", "answers"}`` as in generations.jsonl. {cell: (score, per-pair records)}."""
@@ -190,7 +214,7 @@ def judge_generations(judge: Any, ours: dict[str, list[dict]], theirs: dict[str,
             continue
         pairs = [Pair(a["prompt"], a["prediction"], b["prediction"], tuple(a.get("answers") or ()))
                  for a, b in matched]
-        score, outcomes = judge_both_orders(judge, pairs)
+        score, outcomes = judge_both_orders(judge, pairs, calibrated)
         records = [{"prompt": p.instruction, "ours": p.first, "theirs": p.second, "outcome_ab": ab, "outcome_ba": ba}
                    for p, (ab, ba) in zip(pairs, outcomes)]
         out[cell] = (score, records)

@@ -57,6 +57,7 @@ VALIDATE = [  # caught by validation alone (what run.py calls first), checked in
     (["depth.exits=[1,2]", "judge=reference", "judge.against={root}"], "no generations.jsonl there"),
     (["depth.exits=[1,2]", "judge.against={root}/other"], "but judge=none: choose a judge"),
     (["judge.kind=logprob"], "judge.model is missing"),
+    (["judge=reference", "judge.calibrate=true"], "judge.calibrate=true reads an LM judge's log-odds"),
     (["judge=reference", "judge.prompt=gpt"], "judge.prompt='gpt' is not an option; valid choices: pandalm, chat"),
     (["depth.exit_heads=true"], "depth.exit_heads=true (SFT+ICT: a new head per exit) needs depth.exits"),
 ]

@@ -100,3 +100,32 @@ def test_generations_pair_by_prompt_and_only_shared_cells_are_judged():
     assert [(r["ours"], r["theirs"]) for r in records] == [("x", "q"), ("y", "z"), ("w", "w")]
     assert [(r["outcome_ab"], r["outcome_ba"]) for r in records] == [(1, 1), (-1, -1), (0, 0)]
     assert score["score"] == 0.0 and score["total"] == 6
+
+
+class BiasedLogOdds:
+    """An LM-like judge with a strong preference for response 1 on top of a weak quality signal (length)."""
+    margin = 0.0
+
+    def log_odds(self, pairs):
+        return [5.0 + 0.1 * (len(p.first) - len(p.second)) for p in pairs]
+
+    def prefer(self, pairs):
+        return [1 if x > 0 else -1 for x in self.log_odds(pairs)]
+
+
+def test_calibrated_verdicts_cancel_a_constant_position_preference():
+    pairs = [Pair("q", "long answer", "short"), Pair("q", "aaaa", "b"), Pair("q", "ccc", "ddd")]
+    plain, _ = judge_both_orders(BiasedLogOdds(), pairs)
+    assert plain["score"] == 0.0 and plain["order_agreement"] == 0.0  # always "1": no information left
+    calibrated, per_pair = judge_both_orders(BiasedLogOdds(), pairs, calibrated=True)
+    assert per_pair == [(1, 1), (1, 1), (0, 0)]  # the length signal, whatever the order
+    assert calibrated["score"] == pytest.approx(4 / 6) and calibrated["ties"] == 2
+    assert calibrated["order_agreement"] == 1.0
+
+
+def test_logprob_judge_log_odds_are_its_choice_log_probability_gap():
+    model, tok = tiny_judge()
+    judge = LogProbJudge(model, tok, prompt="chat")
+    pairs = [Pair("2+2=?", "4", "5"), Pair("x", "yes", "no")]
+    lp = judge.choice_logprobs(pairs)
+    assert judge.log_odds(pairs) == pytest.approx((lp[:, 0] - lp[:, 1]).tolist())

@@ -98,6 +98,7 @@ class JudgeSchema:
     batch_size: int = opt(8, min=1)
     max_length: int = opt(1024, min=16)
     margin: float = opt(0.0, min=0)
+    calibrate: bool = False
     against: Optional[str] = None
 
 
@@ -278,6 +279,9 @@ def check_judge(cfg: DictConfig) -> None:
     """``judge``: only a run that judges (``judge.against`` set) needs its judge loadable and the other run's
     generations; both are checked here, before anything loads (a preset may name PandaLM and judge later)."""
     kind, against = get(cfg, "judge.kind", "none"), get(cfg, "judge.against")
+    if get(cfg, "judge.calibrate") and kind != "logprob":
+        raise ConfigError(f"judge.calibrate=true reads an LM judge's log-odds; judge.kind={kind} has none "
+                          "(use judge=pandalm or judge=smollm2_standin)")
     if kind == "logprob" and not get(cfg, "judge.model"):
         raise ConfigError("judge.model is missing: judge.kind=logprob needs a judge LM (an HF id such as "
                           "WeOpenML/PandaLM-7B-v1, a local folder or an offline alias)")
@@ -365,7 +369,7 @@ def judge_against(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> Path
     theirs = read_generations(Path(str(cfg.judge.against)).expanduser() / GENERATIONS_FILE)
     judge = build_judge(cfg, module.device)
     print(f"judging against {cfg.judge.against} with {getattr(judge, 'name', cfg.judge.kind)}")
-    results = judge_generations(judge, module.generations, theirs)
+    results = judge_generations(judge, module.generations, theirs, bool(cfg.judge.get("calibrate")))
     path = run_dir / JUDGE_FILE
     with path.open("w") as fh:
         for cell, (score, pairs) in results.items():
@@ -373,6 +377,7 @@ def judge_against(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> Path
                 metrics["test/judge" + ("" if key == "score" else f"_{key}") + f"@{cell}"] = float(value)
             for pair in pairs:
                 fh.write(json.dumps({"submodel": cell, "judge": getattr(judge, "name", ""),
+                                     "calibrated": bool(cfg.judge.get("calibrate")),
                                      "against": str(cfg.judge.against), **pair}) + "\n")
     return path
 
