@@ -107,3 +107,17 @@ def test_truncated_model_equals_the_first_layers_of_the_full_one_at_init():
         assert nested.space.axes == {"depth": [n]}
     cfg = compose_cfg(["experiment=soft/extracted_quick"])  # the sweep: one job per n, logged as depth=n
     assert list(cfg.depth.exits) == [30] and str(cfg.hydra.sweeper.params["depth.truncate"]) == "6,12,18,24,30"
+
+
+def test_decoding_benchmark_runs_on_a_trained_run_with_its_test_prompts(runs):
+    from experiments.benchmarks.soft_decoding import main
+
+    root, _ = runs
+    sft = root / "table" / "sft"
+    rows = main(["--run", str(sft), "--prompts", "run", "--num-prompts", "3", "--max-new-tokens", "3",
+                 "--exit-layer", "1", "--exits", "1", "--thresholds", "1.0", "--threads", "1"])
+    by = {r["method"]: r for r in rows if "note" not in r}
+    want = [g["em"] for g in lines(sft / "generations.jsonl") if g["submodel"] == "depth=2"][:3]
+    assert by["full greedy"]["answer_em"] == pytest.approx(sum(want) / 3)  # the trained weights, the run's prompts
+    for name in ("hf assistant_early_exit", "ours self-speculative", "early-exit loop, no exit"):
+        assert by[name]["exact_match"] == 1.0 and by[name]["answer_em"] == by["full greedy"]["answer_em"]

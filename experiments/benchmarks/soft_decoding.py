@@ -74,7 +74,9 @@ def load_run(run_dir: Path, dtype: str | None = None):
     if cfg.get("adapter", {}).get("kind", "none") != "none" or cfg.get("depth", {}).get("exit_heads"):
         raise SystemExit(f"error: --run {run_dir}: only full fine-tuning runs (adapter=none, no exit heads) "
                          "are benchmarked")
-    model, tokenizer = load_causal_lm(str(cfg.model.name_or_path), dtype or str(cfg.model.dtype))
+    random_config = OmegaConf.to_container(cfg.model.random_config) if cfg.model.get("random_config") else None
+    model, tokenizer = load_causal_lm(str(cfg.model.name_or_path), dtype or str(cfg.model.dtype),
+                                      random_config=random_config)
     state = read_checkpoint(checkpoint_of(run_dir, "--run"), "--run")["state_dict"]
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
