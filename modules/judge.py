@@ -79,9 +79,11 @@ class ReferenceJudge:
         return out
 
 
-def continuation_token(tokenizer: Any, prompt_ids: list[int], text: str, prompt: str) -> int:
-    """The first token the tokenizer gives ``text`` right after ``prompt`` (a leading "▁1" and a bare "1" differ)."""
-    full = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
+def continuation_token(tokenizer: Any, prompt_ids: list[int], text: str, prompt: str,
+                       add_special_tokens: bool = False) -> int:
+    """The first token the tokenizer gives ``text`` right after ``prompt`` (a leading "▁1" and a bare "1" differ);
+    ``prompt_ids`` = the prompt tokenized with the same ``add_special_tokens``."""
+    full = tokenizer(prompt + text, add_special_tokens=add_special_tokens)["input_ids"]
     if full[:len(prompt_ids)] != prompt_ids or len(full) == len(prompt_ids):
         return tokenizer(text, add_special_tokens=False)["input_ids"][0]
     return full[len(prompt_ids)]
@@ -117,9 +119,11 @@ class LogProbJudge:
         out = []
         for start in range(0, len(pairs), self.batch_size):
             texts = [self.render(p) for p in pairs[start:start + self.batch_size]]
-            ids = [tok(t, add_special_tokens=not self.chat)["input_ids"][-self.max_length:] for t in texts]
-            choice_ids = torch.tensor([[continuation_token(tok, seq, c, t) for c in self.choices]
-                                       for seq, t in zip(ids, texts)])
+            special = not (self.chat and getattr(tok, "chat_template", None))  # a chat template writes its own
+            full = [tok(t, add_special_tokens=special)["input_ids"] for t in texts]
+            choice_ids = torch.tensor([[continuation_token(tok, seq, c, t, special) for c in self.choices]
+                                       for seq, t in zip(full, texts)])
+            ids = [seq[-self.max_length:] for seq in full]  # long prompts keep their end, next to the verdict
             width = max(map(len, ids))
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
