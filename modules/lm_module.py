@@ -16,6 +16,7 @@ from modules.nested_module import NestedModule
 from modules.submodel import NestedModel, Sampler, SubModel
 
 IGNORE_INDEX = -100  # label of prompt and padding tokens
+GENERATIONS = "generations"  # evaluate_submodel's non-metric entry: the test generations of the batch
 
 
 class NestedCausalLM(NestedModule):
@@ -27,10 +28,13 @@ class NestedCausalLM(NestedModule):
                  optimizer: Callable[..., torch.optim.Optimizer], scheduler: dict | None = None,
                  eval_grid: Sequence[SubModel] | None = None, generate: bool = True, max_new_tokens: int = 16,
                  answer_fn: Callable[[str], str] = first_answer_line,
-                 score_fn: Callable[[str, list[str]], float] = exact_match):
+                 score_fn: Callable[[str, list[str]], float] = exact_match,
+                 exit_heads: torch.nn.Module | None = None):
         super().__init__(model, nested, sampler, optimizer, scheduler, eval_grid)
         self.tokenizer, self.generate, self.max_new_tokens = tokenizer, generate, max_new_tokens
         self.answer_fn, self.score_fn = answer_fn, score_fn
+        self.exit_heads = exit_heads  # SFT+ICT: a head per exit (modules/multi_exit.py ExitHeads), trained alone
+        self.generations: dict[str, list[dict[str, Any]]] = {}  # test generations per cell (generations.jsonl)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean next-token cross-entropy over answer tokens (what HF's loss computes), but the LM
@@ -56,7 +60,7 @@ class NestedCausalLM(NestedModule):
         per_sub: dict[SubModel, torch.Tensor] = {}
         for members in groups.values():
             self.nested.apply(members[0])  # the group's other axes; the pass below picks its own layer range
-            _, per_exit = multi_exit_loss(self.model, batch, [m["depth"] for m in members])
+            _, per_exit = multi_exit_loss(self.model, batch, [m["depth"] for m in members], heads=self.exit_heads)
             per_sub.update({m: per_exit[m["depth"]] for m in members})
         return [per_sub[sub] for sub in subs]
 
@@ -66,8 +70,22 @@ class NestedCausalLM(NestedModule):
         metrics = {"loss": self.loss(batch)}
         if split == "test" and self.generate and "gen_input_ids" in batch:
             preds = self.generate_answers(batch)
-            metrics["em"] = sum(self.score_fn(p, refs) for p, refs in zip(preds, batch["answers"])) / len(preds)
+            scores = [self.score_fn(p, refs) for p, refs in zip(preds, batch["answers"])]
+            metrics["em"] = sum(scores) / len(preds)
+            prompts = self.tokenizer.batch_decode(batch["gen_input_ids"], skip_special_tokens=True)
+            metrics[GENERATIONS] = [{"prompt": q, "prediction": p, "answers": list(refs), "em": s}
+                                    for q, p, refs, s in zip(prompts, preds, batch["answers"], scores)]
         return metrics
+
+    def log_cell(self, split: str, metrics, cell: SubModel, batch_size: int, **kwargs: Any) -> None:
+        """Log the metrics; the generations that come with them are kept per cell instead (not a metric)."""
+        rows = metrics.pop(GENERATIONS, None) if isinstance(metrics, dict) else None
+        if rows:
+            self.generations.setdefault(cell.key, []).extend(rows)
+        super().log_cell(split, metrics, cell, batch_size, **kwargs)
+
+    def on_test_epoch_start(self) -> None:
+        self.generations = {}
 
     @torch.no_grad()
     def choice_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -99,6 +117,11 @@ class NestedCausalLM(NestedModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_perplexities("test")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank's shard
+            shards = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shards, self.generations)
+            self.generations = {k: [row for shard in shards for row in shard.get(k, [])]
+                                for k in dict.fromkeys(k for shard in shards for k in shard)}
 
     def _log_perplexities(self, split: str) -> None:
         metrics = self.trainer.callback_metrics

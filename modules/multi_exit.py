@@ -167,28 +167,84 @@ def multi_exit_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask:
 
 class ExitHeads(nn.Module):
     """SFT+ICT baseline: a separate linear head per exit, initialised from the shared head (the body
-    and final norm stay frozen: ``model.requires_grad_(False)``; train only these heads)."""
+    and final norm stay frozen: ``model.requires_grad_(False)``; train only these heads). An exit without
+    a head of its own (e.g. the last one, whose head SFT already trained) reads through the shared head.
+
+    ``install()`` routes the model's own head to the selected exit's head (``select(n)``), so the model's
+    forward, HF ``generate`` and losses read exit n through head n with no change to the caller. The shared
+    head keeps its parameters (tied embeddings stay tied) and the state dict keeps its keys."""
 
     def __init__(self, model: nn.Module, exits: Sequence[int]):
         super().__init__()
         depth = DecoderDepth(model)
         shared = depth.head
+        if not isinstance(shared, nn.Linear):
+            raise MultiExitError(f"{type(model).__name__}: the LM head is a {type(shared).__name__}, "
+                                 "per-exit heads need an nn.Linear head")
+        self.__dict__["shared"] = shared  # not a submodule: it belongs to the model (and its checkpoint)
         self.heads = nn.ModuleDict()
         for e in depth.check_exits(exits):
-            head = nn.Linear(shared.in_features, shared.out_features, bias=shared.bias is not None,
-                             device=shared.weight.device, dtype=shared.weight.dtype)
-            with torch.no_grad():
-                head.weight.copy_(shared.weight)  # a copy: untied from the input embeddings
-                if shared.bias is not None:
-                    head.bias.copy_(shared.bias)
-            self.heads[str(e)] = head
+            self.heads[str(e)] = nn.Linear(shared.in_features, shared.out_features, bias=shared.bias is not None,
+                                           device=shared.weight.device, dtype=shared.weight.dtype)
+        self.reset_from_shared()
+
+    @torch.no_grad()
+    def reset_from_shared(self) -> None:
+        """Every head := a copy of the shared head as it is now (a stage calls this after loading the SFT
+        run's weights, so the heads start from the trained head, not the pretrained one)."""
+        for head in self.heads.values():
+            head.weight.copy_(self.shared.weight)  # a copy: untied from the input embeddings
+            if head.bias is not None:
+                head.bias.copy_(self.shared.bias)
 
     @property
     def exits(self) -> list[int]:
         return [int(k) for k in self.heads]
 
+    def head_of(self, exit_layer: int):
+        """The exit's own head, or the shared one (always the plain shared weights, whatever is selected)."""
+        own = self.heads[str(exit_layer)] if str(exit_layer) in self.heads else None
+        return own if own is not None else (lambda x: F.linear(x, self.shared.weight, self.shared.bias))
+
     def forward(self, exit_layer: int, normed_hidden: torch.Tensor) -> torch.Tensor:
-        return self.heads[str(exit_layer)](normed_hidden)  # (..., V)
+        return self.head_of(exit_layer)(normed_hidden)  # (..., V)
+
+    def install(self) -> "ExitHeads":
+        if type(self.shared) is nn.Linear:
+            self.shared.__class__ = RoutedHead  # in place: same module, same (possibly tied) weight
+        self.shared.__dict__["route"] = None
+        return self
+
+    def select(self, exit_layer: int) -> None:
+        """After ``install``: the model's head reads through exit ``exit_layer``'s head (shared if it has none)."""
+        self.shared.__dict__["route"] = self.heads[str(exit_layer)] if str(exit_layer) in self.heads else None
+
+
+class RoutedHead(nn.Linear):
+    """The shared LM head, forwarding to the selected exit head (``ExitHeads.select``) when there is one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        route = self.__dict__.get("route")
+        return route(x) if route is not None else super().forward(x)
+
+
+def truncate_layers(model: nn.Module, n: int) -> nn.Module:
+    """The "extracted" baseline: keep only the first n decoder layers (then the model's own final norm and
+    head), in place; the config says n layers, so caches and generation size themselves to n."""
+    base, layers_name, _, _ = find_layout(model)
+    layers = getattr(base, layers_name)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(layers):
+        raise MultiExitError(f"truncate to {n!r} layers is outside the valid range 1..{len(layers)} "
+                             f"({type(model).__name__} has {len(layers)} decoder layers)")
+    setattr(base, layers_name, nn.ModuleList(list(layers)[:n]))
+    config = model.config
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, key, None), int) and key in config.to_dict():
+            setattr(config, key, n)
+            break
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:n]
+    return model
 
 
 def multi_exit_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], exits: Sequence[int],
@@ -218,7 +274,7 @@ def multi_exit_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], exits: 
 
     losses: dict[int, torch.Tensor] = {}
     for e in exits:
-        head = (lambda x, e=e: heads(e, x)) if heads is not None else depth.head
+        head = heads.head_of(e) if heads is not None else depth.head
 
         def exit_loss(h: torch.Tensor, head=head) -> torch.Tensor:
             return F.cross_entropy(head(depth.norm(h)).float(), target)

@@ -20,6 +20,11 @@ prompt, so machine-load drift hits all alike; one warm-up call per method comes 
 
     python -m experiments.benchmarks.soft_decoding --model smollm2-135m-instruct --exit-layer 12 \
         --exits 6 12 18 24 --thresholds 0.95 0.95 0.9 0.9 --max-new-tokens 32 --num-prompts 6
+
+A trained run instead of a pretrained model: ``--run <run folder>`` loads the run's model (its
+``.hydra/config.yaml``) with the weights of its ``checkpoints/last.ckpt``; with ``--prompts run`` the prompts are
+the run's own test prompts (from its ``generations.jsonl``) and each method's answers are also scored by exact
+match against the references ("answer EM").
 """
 from __future__ import annotations
 
@@ -57,14 +62,53 @@ def encode(tokenizer, text: str, chat_template: bool) -> torch.Tensor:
     return ids  # (1, P)
 
 
+def load_run(run_dir: Path, dtype: str | None = None):
+    """(model, tokenizer) of a finished LM run: its model config, then the trained weights of last.ckpt
+    (a full fine-tuning run's checkpoint holds every weight of the model)."""
+    from omegaconf import OmegaConf
+
+    from experiments.core.runtime import checkpoint_of, read_checkpoint
+    from modules.hf_model import load_causal_lm
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    if cfg.get("adapter", {}).get("kind", "none") != "none" or cfg.get("depth", {}).get("exit_heads"):
+        raise SystemExit(f"error: --run {run_dir}: only full fine-tuning runs (adapter=none, no exit heads) "
+                         "are benchmarked")
+    random_config = OmegaConf.to_container(cfg.model.random_config) if cfg.model.get("random_config") else None
+    model, tokenizer = load_causal_lm(str(cfg.model.name_or_path), dtype or str(cfg.model.dtype),
+                                      random_config=random_config)
+    state = read_checkpoint(checkpoint_of(run_dir, "--run"), "--run")["state_dict"]
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or not weights:
+        raise SystemExit(f"error: --run {run_dir}: its checkpoint does not match {cfg.model.name_or_path} "
+                         f"({len(unexpected)} unexpected weights)")
+    return model, tokenizer
+
+
+def run_prompts(run_dir: Path, limit: int) -> list[tuple[str, list[str]]]:
+    """The run's test prompts and reference answers, from generations.jsonl (its first sub-model's rows)."""
+    import json
+
+    rows, first = [], None
+    for line in (run_dir / "generations.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        first = first or row["submodel"]
+        if row["submodel"] == first and len(rows) < limit:
+            rows.append((row["prompt"], row["answers"]))
+    return rows
+
+
 def agreement(out: list[int], ref: list[int]) -> int:
     return sum(a == b for a, b in zip(out, ref))
 
 
 def run_benchmark(model, prompts: Sequence[torch.Tensor], exit_layer: int, exits: Sequence[int],
                   thresholds: Sequence[float], max_new_tokens: int, num_draft: int = 4,
-                  eos_token_id: int | None = None, seed: int = 0) -> list[dict]:
-    """One row per method (see the module docstring)."""
+                  eos_token_id: int | None = None, seed: int = 0,
+                  answer_em: Callable[[int, list[int]], float] | None = None) -> list[dict]:
+    """One row per method (see the module docstring); ``answer_em(prompt index, tokens)`` scores an output
+    against that prompt's references (the "answer EM" column)."""
     kw = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
     methods: dict[str, Callable[[torch.Tensor], DecodeResult]] = {
         "full greedy": lambda ids: greedy_generate(model, ids, **kw),
@@ -106,6 +150,8 @@ def run_benchmark(model, prompts: Sequence[torch.Tensor], exit_layer: int, exits
                "cpu_speedup": base_cpu / cpu_ms, "tokens": tokens,
                "token_agreement": sum(agreement(o, ref) for o, ref in zip(outs, refs)) / max(sum(map(len, refs)), 1),
                "exact_match": sum(o == ref for o, ref in zip(outs, refs)) / len(refs)}
+        if answer_em is not None:
+            row["answer_em"] = sum(answer_em(i, o) for i, o in enumerate(outs)) / len(outs)
         if "drafted" in stats[0]:
             drafted = sum(s["drafted"] for s in stats)
             row["drafted"] = drafted
@@ -120,23 +166,29 @@ def run_benchmark(model, prompts: Sequence[torch.Tensor], exit_layer: int, exits
 
 
 def to_markdown(rows: list[dict]) -> str:
+    em = any("answer_em" in r for r in rows)
     head = ("| method | ms/token | speed-up | CPU ms/token | CPU speed-up | tokens | token agreement | exact match "
-            "| drafted | draft acceptance | mean exit layer |")
-    lines = [head, "|" + "---|" * 11]
+            "| drafted | draft acceptance | mean exit layer |" + (" answer EM |" if em else ""))
+    lines = [head, "|" + "---|" * (11 + em)]
     fmt = lambda row, key, spec: format(row[key], spec) if key in row else "–"  # noqa: E731
     for r in rows:
         if "note" in r:
-            lines.append(f"| {r['method']} | not run: {r['note']} |" + "  |" * 9)
+            lines.append(f"| {r['method']} | not run: {r['note']} |" + "  |" * (9 + em))
             continue
         lines.append(f"| {r['method']} | {r['ms_per_token']:.1f} | {r['speedup']:.2f}x | {r['cpu_ms_per_token']:.1f} | "
                      f"{r['cpu_speedup']:.2f}x | {r['tokens']} | {r['token_agreement']:.3f} | {r['exact_match']:.2f} | "
-                     f"{fmt(r, 'drafted', 'd')} | {fmt(r, 'acceptance_rate', '.2f')} | {fmt(r, 'mean_exit_layer', '.1f')} |")
+                     f"{fmt(r, 'drafted', 'd')} | {fmt(r, 'acceptance_rate', '.2f')} | {fmt(r, 'mean_exit_layer', '.1f')} |"
+                     + (f" {fmt(r, 'answer_em', '.3f')} |" if em else ""))
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description="SoFT dynamic-depth decoding vs full-depth greedy")
-    p.add_argument("--model", required=True, help="offline alias, local folder, HF id, or random:<arch>")
+    p.add_argument("--model", default=None, help="offline alias, local folder, HF id, or random:<arch>")
+    p.add_argument("--run", default=None, help="a finished full fine-tuning LM run folder (e.g. experiment=soft/quick): "
+                                              "its model with its trained weights, instead of --model")
+    p.add_argument("--prompts", choices=["builtin", "run"], default="builtin",
+                   help="builtin: the chat prompts below; run: the --run's test prompts (with answer EM)")
     p.add_argument("--random-config", default=None, help="JSON config kwargs for a random:<arch> model")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
@@ -154,23 +206,38 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the rows and settings as JSON here")
     args = p.parse_args(argv)
+    if (args.model is None) == (args.run is None):
+        p.error("give exactly one of --model and --run")
+    if args.prompts == "run" and not (args.run and (Path(args.run) / "generations.jsonl").is_file()):
+        p.error("--prompts run needs --run <folder> holding generations.jsonl")
 
     from modules.hf_model import load_causal_lm
+    from modules.metrics import exact_match, first_answer_line
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_causal_lm(args.model, dtype=args.dtype,
-                                      random_config=json.loads(args.random_config) if args.random_config else None)
+    if args.run:
+        model, tokenizer = load_run(Path(args.run), args.dtype)
+    else:
+        model, tokenizer = load_causal_lm(args.model, dtype=args.dtype,
+                                          random_config=json.loads(args.random_config) if args.random_config else None)
     model.to(args.device).eval()
     n = DecoderDepth(model).num_layers
     exit_layer = args.exit_layer or n // 2
     exits = args.exits or sorted({max(1, n * q // 4) for q in (1, 2, 3)})
     thresholds = args.thresholds or list(PAPER_THRESHOLDS.values())[:len(exits)]
-    prompts = [encode(tokenizer, t, not args.no_chat_template).to(args.device)
-               for t in PROMPTS[:args.num_prompts]]
+    answer_em = None
+    if args.prompts == "run":  # the run's own prompt format (no chat template), scored against the references
+        qa = run_prompts(Path(args.run), args.num_prompts)
+        prompts = [encode(tokenizer, q, False).to(args.device) for q, _ in qa]
+        answer_em = lambda i, tokens: exact_match(  # noqa: E731
+            first_answer_line(tokenizer.decode(tokens, skip_special_tokens=True)), qa[i][1])
+    else:
+        prompts = [encode(tokenizer, t, not args.no_chat_template).to(args.device)
+                   for t in PROMPTS[:args.num_prompts]]
     rows = run_benchmark(model, prompts, exit_layer, exits, thresholds, args.max_new_tokens, args.num_draft,
-                         tokenizer.eos_token_id, args.seed)
-    settings = {"model": args.model, "layers": n, "exit_layer": exit_layer, "num_draft": args.num_draft,
+                         tokenizer.eos_token_id, args.seed, answer_em)
+    settings = {"model": args.model or args.run, "prompts_from": args.prompts, "layers": n, "exit_layer": exit_layer, "num_draft": args.num_draft,
                 "exits": exits, "thresholds": thresholds, "max_new_tokens": args.max_new_tokens,
                 "prompts": len(prompts), "dtype": args.dtype, "device": args.device,
                 "threads": torch.get_num_threads(), "torch": torch.__version__}

@@ -82,6 +82,24 @@ class DepthSchema:
     closed: ClassVar[bool] = True
     exits: Optional[list[int]] = None
     eval_exits: Optional[list[int]] = None
+    truncate: Optional[int] = opt(None, min=1)
+    exit_heads: bool = False
+
+
+@dataclasses.dataclass
+class JudgeSchema:
+    closed: ClassVar[bool] = True
+    kind: Literal["none", "logprob", "reference"] = "none"
+    model: Optional[str] = None
+    label: str = ""
+    prompt: Literal["pandalm", "chat"] = "chat"
+    tie: Optional[str] = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = opt(8, min=1)
+    max_length: int = opt(1024, min=16)
+    margin: float = opt(0.0, min=0)
+    calibrate: bool = False
+    against: Optional[str] = None
 
 
 def adapter_of(cfg: DictConfig):
@@ -104,7 +122,7 @@ class LMParadigm(Paradigm):
     def schemas(self, cfg: DictConfig) -> dict[str, type]:
         return {"model": ModelSchema, "quantization": QuantizationSchema, "sampling": SamplingSchema,
                 "data": DataSchema, "eval": EvalSchema, "export": ExportSchema, "depth": DepthSchema,
-                "adapter": adapter_of(cfg).options_schema}
+                "judge": JudgeSchema, "adapter": adapter_of(cfg).options_schema}
 
     # --- validation: cheap, before anything is loaded or written ------------------------------
     def validate(self, cfg: DictConfig) -> None:
@@ -129,6 +147,9 @@ class LMParadigm(Paradigm):
                 raise ConfigError(f"export.submodels: {choice!r} is not one of best, largest, smallest, "
                                   "rank=<int> (or a sub-model key such as depth=2,rank=4)")
         check_model_path(str(get(cfg, "model.name_or_path")))
+        if get(cfg, "depth.exit_heads") and not get(cfg, "depth.exits"):
+            raise ConfigError("depth.exit_heads=true (SFT+ICT: a new head per exit) needs depth.exits, e.g. [6, 12, 18, 24]")
+        check_judge(cfg)
 
     def check_resources(self, cfg: DictConfig) -> None:
         from experiments.benchmarks.memory import check_fits
@@ -140,18 +161,29 @@ class LMParadigm(Paradigm):
         model, tokenizer, nested = build_lm(cfg)
         return build_module(cfg, model, tokenizer, nested), instantiate(cfg.data, tokenizer=tokenizer, seed=cfg.seed)
 
+    def prepare(self, ctx):
+        module, datamodule = super().prepare(ctx)
+        if module.exit_heads is not None:  # SFT+ICT: the new heads start from the head init_from just loaded
+            module.exit_heads.reset_from_shared()
+        return module, datamodule
+
     def before_eval(self, cfg: DictConfig, module) -> None:
         """The post-hoc SVD baseline: after training a fixed-rank LoRA, re-factor every layer so that
         rank b is the best rank-b approximation of the learned update (then every rank is evaluable)."""
         adapter_of(cfg).before_eval(module.model, adapter_options(cfg))
 
     def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
-        """The costs of every evaluated sub-model (experiments/paradigms/lm_costs.py), then the chosen
+        """The costs of every evaluated sub-model (experiments/paradigms/lm_costs.py), the test generations per
+        sub-model (generations.jsonl), judged against another run's (``judge.against``), then the chosen
         sub-models exported through the adapter (PEFT folders; merged HF models with export.merge)."""
         from experiments.paradigms.lm_costs import cost_metrics
 
         metrics.update(cost_metrics(module, module.eval_grid))
         out = []
+        if module.generations:
+            out.append(write_generations(run_dir / GENERATIONS_FILE, module.generations))
+        if get(cfg, "judge.against"):
+            out.append(judge_against(cfg, module, metrics, run_dir))
         for sub in export_submodels(cfg, module, metrics):
             out += self.export_submodel(cfg, module, sub, run_dir / cfg.export.dir / "_".join(f"{k}_{v}" for k, v in sub.dims))
         return out
@@ -188,13 +220,20 @@ def rank_axes(cfg: DictConfig) -> dict[str, list[int]]:
 
 def depth_axis(cfg: DictConfig) -> dict[str, list[int]]:
     exits = get(cfg, "depth.exits")
+    truncate = get(cfg, "depth.truncate")
+    random_layers = (get(cfg, "model.random_config.num_hidden_layers")
+                     if str(get(cfg, "model.name_or_path")).startswith("random:") else None)
+    if truncate is not None and random_layers is not None and truncate > random_layers:
+        raise ConfigError(f"depth.truncate={truncate} is beyond the model's {random_layers} layers; "
+                          f"valid: 1..{random_layers}")
     if not exits:
         return {}
-    layers = (get(cfg, "model.random_config.num_hidden_layers") if str(get(cfg, "model.name_or_path")).startswith("random:")
-              else None)
-    for i, n in enumerate(exits):
-        if layers is not None and not 1 <= n <= layers:
-            raise ConfigError(f"depth.exits[{i}]={n} is beyond the model's {layers} layers; valid exits: 1..{layers}")
+    layers = truncate or random_layers  # known before loading: a random config's depth, or the truncation
+    what = "the truncated model's" if truncate else "the model's"
+    for key in ("exits", "eval_exits"):
+        for i, n in enumerate(get(cfg, f"depth.{key}") or []):
+            if layers is not None and not 1 <= n <= layers:
+                raise ConfigError(f"depth.{key}[{i}]={n} is beyond {what} {layers} layers; valid exits: 1..{layers}")
     return {"depth": sorted(set(exits))}
 
 
@@ -230,7 +269,7 @@ def training_sampler(cfg: DictConfig, axes):
     return FixedSampler(space, seed=seed, choice="largest")
 
 
-def check_model_path(name_or_path: str) -> None:
+def check_model_path(name_or_path: str, key: str = "model.name_or_path") -> None:
     """A local-looking path must exist, a ``random:<arch>`` must name a transformers architecture; aliases
     and hub ids are checked when loaded."""
     from modules.hf_model import RANDOM_PREFIX
@@ -241,13 +280,124 @@ def check_model_path(name_or_path: str) -> None:
         arch = name_or_path[len(RANDOM_PREFIX):]
         if arch not in CONFIG_MAPPING_NAMES:
             close = sorted(a for a in CONFIG_MAPPING_NAMES if a[:2] == arch[:2])[:8] or ["llama", "gpt2", "falcon"]
-            raise ConfigError(f"model.name_or_path={name_or_path!r}: unknown architecture {arch!r} for a random model; "
+            raise ConfigError(f"{key}={name_or_path!r}: unknown architecture {arch!r} for a random model; "
                               f"give random:<a transformers model_type>, e.g. {', '.join(close)}")
 
     looks_local = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
     if not name_or_path.startswith(RANDOM_PREFIX) and looks_local and not Path(name_or_path).expanduser().exists():
-        raise ConfigError(f"model.name_or_path={name_or_path!r}: no such folder; give an existing local folder, "
+        raise ConfigError(f"{key}={name_or_path!r}: no such folder; give an existing local folder, "
                           f"an HF hub id (org/name) or an offline alias ({', '.join(offline_aliases())})")
+
+
+GENERATIONS_FILE = "generations.jsonl"  # one line per test example and sub-model (written after evaluation)
+JUDGE_FILE = "judge.jsonl"              # one line per judged pair: both orders' outcomes for this run's answer
+
+
+def check_judge(cfg: DictConfig) -> None:
+    """``judge``: only a run that judges (``judge.against`` set) needs its judge loadable and the other run's
+    generations; both are checked here, before anything loads (a preset may name PandaLM and judge later)."""
+    kind, against = get(cfg, "judge.kind", "none"), get(cfg, "judge.against")
+    if get(cfg, "judge.calibrate") and kind != "logprob":
+        raise ConfigError(f"judge.calibrate=true reads an LM judge's log-odds; judge.kind={kind} has none "
+                          "(use judge=pandalm or judge=smollm2_standin)")
+    if kind == "logprob" and not get(cfg, "judge.model"):
+        raise ConfigError("judge.model is missing: judge.kind=logprob needs a judge LM (an HF id such as "
+                          "WeOpenML/PandaLM-7B-v1, a local folder or an offline alias)")
+    if not against:
+        return
+    if kind == "none":
+        raise ConfigError(f"judge.against={against!r} but judge=none: choose a judge (judge=pandalm, "
+                          "judge=smollm2_standin, judge=reference)")
+    if not (Path(str(against)).expanduser() / GENERATIONS_FILE).is_file():
+        raise ConfigError(f"judge.against={against!r}: no {GENERATIONS_FILE} there; give the folder of a finished "
+                          "LM run (task=train or task=eval writes its test generations there)")
+    if not get(cfg, "eval.generate"):
+        raise ConfigError("judge.against needs this run's generations: eval.generate=false turns them off")
+    if kind == "logprob":
+        check_loadable(str(cfg.judge.model), "judge.model")
+
+
+def check_loadable(name_or_path: str, key: str) -> None:
+    """A model that can be loaded: an installed offline alias, a random:<arch>, or a folder / hub id whose
+    config can be read (only config.json is fetched; offline, an id not in the cache fails here)."""
+    from modules.hf_model import RANDOM_PREFIX
+    from modules.offline import OFFLINE_MODELS, OfflineModelError, package_dir
+
+    check_model_path(name_or_path, key)
+    if name_or_path.startswith(RANDOM_PREFIX):
+        return
+    if name_or_path in OFFLINE_MODELS:
+        try:
+            package_dir(OFFLINE_MODELS[name_or_path])
+        except OfflineModelError as err:
+            raise ConfigError(f"{key}={name_or_path!r}: {err}") from None
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists()
+                                   else name_or_path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{key}={name_or_path!r} cannot be loaded: {first}") from None
+
+
+def write_generations(path: Path, generations: dict[str, list[dict]]) -> Path:
+    import json
+
+    with path.open("w") as fh:
+        for cell, rows in generations.items():
+            for row in rows:
+                fh.write(json.dumps({"submodel": cell, **row}) + "\n")
+    return path
+
+
+def read_generations(path: Path) -> dict[str, list[dict]]:
+    import json
+
+    out: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.setdefault(row.pop("submodel"), []).append(row)
+    return out
+
+
+def build_judge(cfg: DictConfig, device):
+    from modules.judge import LogProbJudge, ReferenceJudge
+
+    j = cfg.judge
+    if j.kind == "reference":
+        return ReferenceJudge()
+    from modules.hf_model import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(j.model), str(j.dtype))
+    return LogProbJudge(model.to(device), tokenizer, prompt=str(j.prompt), tie=j.get("tie"), batch_size=int(j.batch_size),
+                        max_length=int(j.max_length), margin=float(j.margin), name=str(j.label or j.model))
+
+
+def judge_against(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> Path:
+    """Judge this run's test generations against ``judge.against``'s, cell by cell (the same sub-model key,
+    e.g. SoFT exit n vs SFT exit n), both orders: ``test/judge@<cell>`` = (wins - losses) / total for this
+    run, and the counts; every judged pair goes to judge.jsonl."""
+    import json
+
+    from modules.judge import judge_generations
+
+    theirs = read_generations(Path(str(cfg.judge.against)).expanduser() / GENERATIONS_FILE)
+    judge = build_judge(cfg, module.device)
+    print(f"judging against {cfg.judge.against} with {getattr(judge, 'name', cfg.judge.kind)}")
+    results = judge_generations(judge, module.generations, theirs, bool(cfg.judge.get("calibrate")))
+    path = run_dir / JUDGE_FILE
+    with path.open("w") as fh:
+        for cell, (score, pairs) in results.items():
+            for key, value in score.items():
+                metrics["test/judge" + ("" if key == "score" else f"_{key}") + f"@{cell}"] = float(value)
+            for pair in pairs:
+                fh.write(json.dumps({"submodel": cell, "judge": getattr(judge, "name", ""),
+                                     "calibrated": bool(cfg.judge.get("calibrate")),
+                                     "against": str(cfg.judge.against), **pair}) + "\n")
+    return path
 
 
 def offline_aliases() -> list[str]:
@@ -273,6 +423,13 @@ def build_lm(cfg: DictConfig):
     except OSError as err:  # not on the hub / not cached offline / not a model folder
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model.name_or_path={m.name_or_path!r} could not be loaded: {first}") from None
+    if get(cfg, "depth.truncate"):  # the extracted baseline: the first n layers are the whole model
+        from modules.multi_exit import MultiExitError, truncate_layers
+
+        try:
+            truncate_layers(model, int(cfg.depth.truncate))
+        except MultiExitError as err:
+            raise ConfigError(f"depth.truncate: {err}") from None
     adapter = adapter_of(cfg)
     nested = adapter.attach(model, adapter.attach_options(adapter_options(cfg)))
     depth = depth_axis(cfg)
@@ -282,11 +439,28 @@ def build_lm(cfg: DictConfig):
 
         try:
             decoder = DecoderDepth(model)
-            decoder.check_exits(depth["depth"])
+            decoder.check_exits(depth["depth"] + list(get(cfg, "depth.eval_exits") or []))
         except MultiExitError as err:
             raise ConfigError(f"depth.exits: {err}") from None
         nested = NestedModel({**nested.axes_values, **depth}, {**nested.setters, "depth": decoder.set_depth})
     return model, tokenizer, nested
+
+
+def with_exit_heads(model, nested):
+    """SFT+ICT: freeze the whole model, add a new head per trained exit (a copy of the shared head) and make
+    the depth setter route the model's head to the exit's own head. (heads, nested)."""
+    from modules.multi_exit import ExitHeads
+    from modules.submodel import NestedModel
+
+    heads = ExitHeads(model, nested.axes_values["depth"]).install()
+    model.requires_grad_(False)
+    set_depth = nested.setters["depth"]
+
+    def setter(n: int) -> None:
+        set_depth(n)
+        heads.select(n)
+
+    return heads, NestedModel(nested.axes_values, {**nested.setters, "depth": setter})
 
 
 def eval_grid(cfg: DictConfig, nested) -> list:
@@ -304,12 +478,15 @@ def build_module(cfg: DictConfig, model, tokenizer, nested):
     import modules.metrics as metrics
     from modules.lm_module import NestedCausalLM
 
+    heads = None
+    if get(cfg, "depth.exit_heads"):
+        heads, nested = with_exit_heads(model, nested)
     sampler = training_sampler(cfg, nested.space.axes)
     return NestedCausalLM(model, tokenizer, nested, sampler, optimizer=instantiate(cfg.optimizer),
                           scheduler=OmegaConf.to_container(cfg.scheduler), eval_grid=eval_grid(cfg, nested),
                           generate=cfg.eval.generate, max_new_tokens=cfg.eval.max_new_tokens,
                           answer_fn=getattr(metrics, ANSWER_FNS[cfg.eval.answer_format]),
-                          score_fn=metrics.exact_match)
+                          score_fn=metrics.exact_match, exit_heads=heads)
 
 
 def export_submodels(cfg: DictConfig, module, metrics: dict) -> list:
