@@ -16,6 +16,9 @@ from tests.conftest import ROOT, run
 
 @pytest.mark.slow
 def test_two_ddp_processes_end_with_the_weights_of_one_process_on_the_whole_batch(env, tmp_path):
+    # Lightning seeds its DistributedSampler from PL_GLOBAL_SEED, which an earlier seed_everything in this
+    # pytest process may have exported; the reference below deals the samples with seed 0
+    env = {k: v for k, v in env.items() if k != "PL_GLOBAL_SEED"}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_fit.py"), str(tmp_path)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
