@@ -22,6 +22,21 @@ def run(args, env, cwd=ROOT, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_until_killed(args, env, marker: Path, timeout: float = 120) -> None:
+    """Start ``run.py args`` and SIGKILL it as soon as ``marker`` exists (a checkpoint midway): a killed run."""
+    import signal
+    import subprocess
+    import time
+
+    job = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not marker.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """The environment of run.py subprocesses: a cache folder of their own for the test module."""

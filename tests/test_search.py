@@ -1,17 +1,12 @@
 """Optuna search that resumes (hydra/sweeper=optuna_resumable, conf/search/): a search killed during trial k
 continues, on the same command, with trial k in its own folder from its checkpoint, then the rest."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT, run, write_addition_qa
+from tests.conftest import ROOT, run, run_until_killed, write_addition_qa
 
 # a tiny random LM: trials of 12 optimizer steps with a checkpoint every 2, objective the lowest test loss
 TRIAL = ["model=tiny_llama", "quantization=none", "trainer.max_steps=12", "checkpoint.every_n_steps=2",
@@ -35,13 +30,7 @@ def test_a_search_killed_during_trial_k_resumes_at_trial_k_from_its_storage(env,
     args = ["-m", "search=qdylora", *TRIAL, f"data.source={data}", "hydra.sweeper.n_trials=3",
             f"hydra.sweep.dir={sweep}"]
     ckpt = sweep / "1" / "checkpoints" / "last.ckpt"  # trial 1 midway: trial 0 has finished
-    job = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not ckpt.exists() and job.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(job.pid, signal.SIGKILL)
-    job.wait()
+    run_until_killed(args, env, ckpt)
     assert ckpt.exists() and not (sweep / "1" / "results.json").exists(), "the search must die in trial 1"
     killed = _study(sweep).trials
     assert [t.state for t in killed] == [TrialState.COMPLETE, TrialState.RUNNING]

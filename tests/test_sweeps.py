@@ -2,16 +2,11 @@
 rerun with the same command it skips the finished job (its files untouched), reruns the failed one,
 continues the unfinished one from its checkpoint and runs the missing one: a complete table."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from experiments.results.sweep import aggregate, load_jobs
-from tests.conftest import ROOT, run, write_addition_qa
+from tests.conftest import run, run_until_killed, write_addition_qa
 
 JOB = ["model=tiny_llama", "quantization=none", "trainer.max_steps=12", "checkpoint.every_n_steps=2",
        "data.limit_val=4", "data.limit_test=4", "data.batch_size=2", "eval.max_new_tokens=2", "adapter.r_max=2",
@@ -32,13 +27,7 @@ def test_a_killed_sweep_rerun_gives_the_complete_table_without_redoing_finished_
     # jobs: 0 = (seed 1, good), 1 = (seed 1, late), 2 = (seed 2, good), 3 = (seed 2, late)
     args = ["-m", *JOB, "seed=1,2", f"data.source={good},{late}", f"hydra.sweep.dir={sweep}"]
     ckpt = sweep / "2" / "checkpoints" / "last.ckpt"  # jobs 0 and 1 are over, job 2 is midway
-    job = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not ckpt.exists() and job.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(job.pid, signal.SIGKILL)
-    job.wait()
+    run_until_killed(args, env, ckpt)
     assert ckpt.exists() and not (sweep / "2" / "results.json").exists(), "the sweep must die in job 2"
 
     jobs = load_jobs(sweep)  # the killed sweep's table: nothing dropped silently
