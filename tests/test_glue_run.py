@@ -1,7 +1,6 @@
 """run.py on the GLUE paradigm as a user runs it: subprocesses, offline, CPU."""
 import importlib.util
 import json
-import os
 
 import pytest
 
@@ -57,7 +56,7 @@ def test_minilm_krona_offline_run(tmp_path, env):
     assert 2.2e7 < results["params/total"] < 2.4e7 and results["params/trainable_pct"] < 1
 
 
-def test_t5_block_variants_and_merged_export(tmp_path, env):
+def test_t5_block_variants_and_merged_export(tmp_path, env, monkeypatch):
     """Encoder-decoder T5 (tiny, random) with KronA^B and KronA^B_res around its FFN blocks, and the mergeable
     KronA exported merged: the merged HF folder holds W0 + s * sum_k kron(A_k, B_k) and the trained head."""
     import torch
@@ -85,12 +84,8 @@ def test_t5_block_variants_and_merged_export(tmp_path, env):
     from modules.hf_model import materialize_random
 
     random_config = yaml.safe_load((ROOT / "conf" / "model" / "tiny_t5.yaml").read_text())["random_config"]
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = env["XDG_CACHE_HOME"]
-    try:
-        folder = materialize_random("t5", random_config, head="none")
-    finally:
-        os.environ.pop("XDG_CACHE_HOME") if old is None else os.environ.__setitem__("XDG_CACHE_HOME", old)
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    folder = materialize_random("t5", random_config, head="none")
     base = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=8).state_dict()
     layers = sorted({k[: -len(".kron_A")] for k in state if k.endswith(".kron_A")})
     assert len(layers) == 12 and all(k.endswith((".q", ".v")) for k in layers)  # Q and V of 6 attention blocks
