@@ -15,7 +15,7 @@ import yaml
 
 from experiments.core.config import ConfigError
 from experiments.results.paper_report import write_paper_report
-from experiments.results.tables import load_spec, spec_names
+from experiments.results.tables import load_spec, spec_names, table_of
 from tests.conftest import ROOT, run
 
 
@@ -58,7 +58,13 @@ def results(tmp_path_factory):
                  [f"adapter={adapter}", f"data={task}"], config={"eval": {"metric": f"test/{metric}"}})
     for exp, em in (("soft/quick", 0.4), ("soft/sft_quick", 0.1)):
         _run(root / "soft", exp.replace("/", "_"), exp, {f"test/em@depth={n}": em + n / 100 for n in (6, 12)} |
-             {f"test/loss@depth={n}": 2.0 - n / 10 for n in (6, 12)})
+             {f"test/loss@depth={n}": 2.0 - n / 10 for n in (6, 12)} |
+             ({f"test/judge@depth={n}": 0.5 - n / 24 for n in (6, 12)} if exp == "soft/quick" else {}))
+    for name, compression, distill, ppl, params in (("dense", "none", "none", 20.0, 135e6),
+                                                     ("nearest", "kronecker", "ilkd", 40.0, 90e6)):
+        _run(root / "kngpt2", name, "kngpt2/quick",
+             {"test/ppl": ppl, "val/ppl": ppl + 1, "params/total": params, "compression/ratio": 135e6 / params},
+             choices={"compression": compression, "distill": distill, "data": "pydoc_text"})
     for reg, a in (("none", 0.3), ("feature", 0.6)):
         _run(root / "focl", reg, "focl/quick",
              {"final/score@measure=avg_acc": a, "final/score@measure=forgetfulness": 1 - a, "final/score@measure=frechet": 10.0,
@@ -75,7 +81,8 @@ def _md_rows(text: str) -> dict[str, list[str]]:
 def test_every_paper_with_runs_gets_its_table_and_the_others_are_listed_with_the_reason(results):
     _, report = results
     assert set(report["rendered"]) == {"qdylora_ranks", "sortednet_grid", "whisper_superb_layers", "krona_glue",
-                                       "soft_exits_em", "soft_exits_loss", "focl_table", "focl_accuracy"}
+                                       "soft_exits_em", "soft_exits_loss", "soft_exits_judge", "focl_table",
+                                       "focl_accuracy", "kngpt2_ppl"}
     skipped = dict(report["skipped"])
     assert skipped["qdylora_table2_falcon40b"] == "no run of qdylora/falcon_40b_gsm8k"
     md = report["markdown"].read_text()
@@ -100,6 +107,16 @@ def test_cells_are_mean_and_std_over_seeds_beside_the_paper_rows(results):
     assert "| keywords_synth | -1 | 40.000 | 20.000 |" in w and "| keywords_synth | 2 | 70.000 | 50.000 |" in w
     soft = _md_rows((root / "tables" / "soft_exits_em.md").read_text())
     assert soft["soft/quick"] == ["0.460", "0.520"] and soft["soft/sft_quick"] == ["0.160", "0.220"]
+    judge = _md_rows((root / "tables" / "soft_exits_judge.md").read_text())
+    assert judge["soft/quick"] == ["0.250", "0.000"] and "soft/sft_quick" not in judge  # only the judged run
+    kn = _md_rows((root / "tables" / "kngpt2_ppl.md").read_text())
+    assert kn["compression"] == ["distill", "data=pydoc_text", "params (distinct)", "compression ratio"]
+    assert kn["kronecker"] == ["ilkd", "40.000", "90000000.000", "1.500"] and kn["none"][1] == "20.000"
+    assert "KnGPT2 (paper)" not in kn  # the paper's number is for a wikitext103 column, which no run has here
+    jobs = [{"overrides": {"compression": "kronecker", "distill": "ilkd", "data": "wikitext103"},
+             "metrics": {"test/ppl": 25.0}, "dir": root, "experiment": "kngpt2/gpt2_wikitext103", "config": None}]
+    header, rows = table_of(load_spec("kngpt2_ppl"), jobs)
+    assert header[2] == "data=wikitext103" and rows[0][2][0] == 25.0 and [r[2] for r in rows[1:]] == [20.5, 23.7]
     f = (root / "tables" / "focl_accuracy.md").read_text()
     assert "| feature | t1 | 0.600 | 0.980 |" in f
 
@@ -127,7 +144,7 @@ def test_html_report_is_one_self_contained_file_with_the_plots_inline(results):
     assert len(images) == 5
     assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert not re.search(r"(src|href)=['\"](?!data:)", html)  # no external asset
-    assert html.count("<table>") == 8 and "<td>0.310 ± 0.141</td>" in html
+    assert html.count("<table>") == 10 and "<td>0.310 ± 0.141</td>" in html
     md = report["markdown"].read_text()
     assert md.count("![") == 5 and "(qdylora_ranks.png)" in md
 

@@ -124,6 +124,8 @@ def build_table(jobs: list[dict[str, Any]], metric: str, rows: Sequence[str], ax
                                             for n in extra_names]])
     for name, numbers in (reference or {}).items():  # the paper's numbers, one row each
         numbers = numbers or {}
+        if not any(k in numbers or str(k) in numbers for k in [*columns, *([average] if average else []), *extra_names]):
+            continue  # none of its numbers is in a column shown (e.g. another corpus): no empty row
         table.append([f"{name} (paper)", *[""] * (len(rows) + len(row_axes) - 1),
                       *[numbers.get(v, numbers.get(str(v))) for v in columns],
                       *([numbers.get(average)] if average else []), *[numbers.get(n) for n in extra_names]])
