@@ -15,7 +15,7 @@ step() {  # step <name> <run.py arguments...>: one run (or sweep) of the report,
   local name=$1 start; shift
   start=$(date +%s)
   echo "== $name: started $(date +%H:%M:%S)"
-  if ! python run.py threads=1 "$@" "${extra[@]}" > "$out/$name.log" 2>&1; then
+  if ! python run.py "$@" threads=1 "${extra[@]}" > "$out/$name.log" 2>&1; then
     echo "== $name: FAILED after $(( $(date +%s) - start )) s, see $out/$name.log" >&2; return 1
   fi
   echo "== $name: done in $(( $(date +%s) - start )) s"
