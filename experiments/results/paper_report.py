@@ -68,12 +68,6 @@ def _runs(table: dict) -> str:
     return f"Runs: {len(table['jobs'])} ({', '.join(experiments)}). Sweep: `{table['spec'].get('sweep') or '-'}`"
 
 
-def _cell(c: Any) -> str:
-    if isinstance(c, tuple) or c is None:
-        return format_cell(c, 3)
-    return f"{c:.3f}" if isinstance(c, float) else str(c)
-
-
 def _html(title: str, results_dir: Path, jobs: list, rendered: list, skipped: list) -> str:
     e = html.escape
     body = [f"<h1>{e(title)}</h1>", f"<p>{e(_intro(results_dir, jobs, rendered))}</p>"]
@@ -81,7 +75,7 @@ def _html(title: str, results_dir: Path, jobs: list, rendered: list, skipped: li
         spec = table["spec"]
         body.append(f"<h2>{e(str(spec.get('title') or spec['name']))}</h2>")
         head = "".join(f"<th>{e(h)}</th>" for h in table["header"])
-        rows = "".join("<tr>" + "".join(f"<td>{e(_cell(c))}</td>" for c in row) + "</tr>" for row in table["rows"])
+        rows = "".join("<tr>" + "".join(f"<td>{e(format_cell(c, 3))}</td>" for c in row) + "</tr>" for row in table["rows"])
         body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         body.append(f"<p class='meta'>{e(meta_of(spec, table['jobs']))}</p><p class='meta'>{e(_runs(table))}</p>")
         if table["png"]:

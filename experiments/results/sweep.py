@@ -179,11 +179,16 @@ def mean_std(values: list[float]) -> tuple[float, float] | None:
 
 
 def format_cell(value: Any, digits: int = 4) -> str:
+    """A table cell: ``–`` for none, ``mean ± std`` (no ± for one run), counts such as parameters as 93,817,364."""
     if value is None:
         return "–"
     if isinstance(value, tuple):
         mean, std = value
-        return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
-    return str(value)
+        return f"{_number(mean, digits)} ± {_number(std, digits)}" if not math.isnan(std) else _number(mean, digits)
+    return _number(value, digits) if isinstance(value, float) else str(value)
+
+
+def _number(x: float, digits: int) -> str:
+    return f"{x:,.0f}" if abs(x) >= 1e5 else f"{x:.{digits}f}"
 
 

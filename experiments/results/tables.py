@@ -151,8 +151,7 @@ def _order(value: Any) -> tuple:
 
 
 def render(header: list[str], rows: list[list[Any]], fmt: str = "md", digits: int = 3) -> str:
-    cell = lambda c: format_cell(c, digits) if isinstance(c, tuple) or c is None else (  # noqa: E731
-        f"{c:.{digits}f}" if isinstance(c, float) else str(c))
+    cell = lambda c: format_cell(c, digits)  # noqa: E731
     if fmt == "latex":
         esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
         lines = [r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule",

@@ -8,7 +8,8 @@
 #   nearest+ILKD     the preset: nearest-Kronecker init, ILKD from the dense model
 #   dense-truncated  the dense model cut to the block count of equal size (compression=truncate), ILKD
 # Usage: bash experiments/scripts/kngpt2_quick_table.sh [out_dir] [extra overrides, e.g. trainer.max_steps=80]
-# Env: table_only=1 rewrites the table of an out_dir whose runs are done (nothing is trained).
+# Env: table_only=1 rewrites the table of an out_dir whose runs are done (nothing is trained). A row whose run
+# finished in out_dir is kept as it is (rerun the script after a kill to continue).
 set -euo pipefail
 out=${1:-outputs/kngpt2_quick_table/$(date +%Y-%m-%d_%H-%M-%S)}
 shift $(( $# < 1 ? $# : 1 ))
@@ -23,6 +24,7 @@ rows=(
 for row in "${rows[@]}"; do
   [ -n "${table_only:-}" ] && break
   name=${row%%|*}; args=${row#*|}
+  [ -f "$out/$name/results.json" ] && [ -f "$out/$name/wall_s" ] && { echo "$name: done before"; continue; }
   start=$(date +%s)
   # shellcheck disable=SC2086
   python run.py experiment=kngpt2/quick threads=1 hydra.run.dir="$out/$name" $args "$@" > "$out/$name.log" 2>&1
