@@ -109,9 +109,11 @@ def test_cells_are_mean_and_std_over_seeds_beside_the_paper_rows(results):
     assert soft["soft/quick"] == ["0.460", "0.520"] and soft["soft/sft_quick"] == ["0.160", "0.220"]
     judge = _md_rows((root / "tables" / "soft_exits_judge.md").read_text())
     assert judge["soft/quick"] == ["0.250", "0.000"] and "soft/sft_quick" not in judge  # only the judged run
+    assert "mean ± std over 1 run " in (root / "tables" / "soft_exits_judge.md").read_text()  # the SFT run logged none
+    assert "Runs: 1 (soft/quick). Sweep" in (root / "tables" / "report.md").read_text()
     kn = _md_rows((root / "tables" / "kngpt2_ppl.md").read_text())
     assert kn["compression"] == ["distill", "data=pydoc_text", "params (distinct)", "compression ratio"]
-    assert kn["kronecker"] == ["ilkd", "40.000", "90000000.000", "1.500"] and kn["none"][1] == "20.000"
+    assert kn["kronecker"] == ["ilkd", "40.000", "90,000,000", "1.500"] and kn["none"][1] == "20.000"
     assert "KnGPT2 (paper)" not in kn  # the paper's number is for a wikitext103 column, which no run has here
     jobs = [{"overrides": {"compression": "kronecker", "distill": "ilkd", "data": "wikitext103"},
              "metrics": {"test/ppl": 25.0}, "dir": root, "experiment": "kngpt2/gpt2_wikitext103", "config": None}]

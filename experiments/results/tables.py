@@ -79,6 +79,11 @@ def _metric_of(metric: str, job: Mapping[str, Any]) -> str:
     return re.sub(r"\{([\w.]+)\}", value, metric)
 
 
+def _logged(metric: str, job: Mapping[str, Any]) -> bool:
+    wanted = _metric_of(metric, job)
+    return any(split_metric_key(k)[0] == wanted for k in job["metrics"])
+
+
 # --- the table --------------------------------------------------------------------------------------
 def build_table(jobs: list[dict[str, Any]], metric: str, rows: Sequence[str], axis: str,
                 values: Sequence[Any] | None = None, reference: Mapping[str, Mapping[Any, float]] | None = None,
@@ -236,6 +241,7 @@ def write_table(spec: Mapping[str, Any], jobs: list[dict[str, Any]], out: Path) 
     from experiments.results.table_plots import plot_table
 
     header, rows = table_of(spec, jobs)
+    jobs = [j for j in jobs if _logged(spec["metric"], j)]  # the runs counted and listed: those in a cell
     out.mkdir(parents=True, exist_ok=True)
     name = spec["name"]
     label = lambda job: ", ".join(row_value(job, k) for k in spec.get("rows") or []) or "ours"  # noqa: E731
