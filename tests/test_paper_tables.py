@@ -175,3 +175,18 @@ def test_report_all_through_run_py_and_an_empty_folder_is_one_line(results, env,
     proc = run(["task=report", "report.all=true", f"report.sweep_dir={empty}", f"hydra.run.dir={tmp_path / 'e'}"], env)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "no run folder with a results.json under it" in proc.stderr
+
+
+def test_the_committed_quick_report_rerenders_from_its_run_records(tmp_path):
+    """docs/quick_report holds each quick run's results.json and .hydra/ (what a table reads): every table of the
+    committed report comes out of them again, cell for cell, with today's table code and specs."""
+    records = ROOT / "docs" / "quick_report"
+    report = write_paper_report(records, out=tmp_path)
+    assert set(report["rendered"]) == {"qdylora_ranks", "sortednet_grid", "whisper_superb_layers", "krona_glue",
+                                       "soft_exits_em", "soft_exits_loss", "soft_exits_judge", "focl_table",
+                                       "focl_accuracy", "kngpt2_ppl"}
+    for name in report["rendered"]:
+        assert (tmp_path / f"{name}.md").read_text() == (records / "tables" / f"{name}.md").read_text(), (
+            f"{name}: re-render with python run.py task=report report.all=true report.sweep_dir=docs/quick_report")
+    html = (records / "tables" / "report.html").read_text()
+    assert html.count("<table>") == 10 and html.count("src='data:image/png;base64,") == 5

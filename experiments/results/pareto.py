@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -76,7 +77,7 @@ def _finish(ax, metric: str, title: str) -> None:
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(textwrap.fill(title, 80), fontsize=9)
 
 
 # --- a sweep folder -------------------------------------------------------------------------
