@@ -15,7 +15,7 @@ import yaml
 
 from experiments.core.config import ConfigError
 from experiments.results.paper_report import write_paper_report
-from experiments.results.tables import load_spec, spec_names, table_of
+from experiments.results.tables import find_jobs, load_spec, spec_names, table_of
 from tests.conftest import ROOT, run
 
 
@@ -190,3 +190,10 @@ def test_the_committed_quick_report_rerenders_from_its_run_records(tmp_path):
             f"{name}: re-render with python run.py task=report report.all=true report.sweep_dir=docs/quick_report")
     html = (records / "tables" / "report.html").read_text()
     assert html.count("<table>") == 10 and html.count("src='data:image/png;base64,") == 5
+
+
+def test_a_quoted_override_forms_its_row_by_value(tmp_path):
+    _run(tmp_path, "0", "qdylora/quick", {"test/em@rank=1": 0.5}, ["adapter.scale='alpha/sqrt(b)'"])
+    _run(tmp_path, "1", "qdylora/quick", {"test/em@rank=1": 0.3}, ["adapter.scale=alpha/b"])
+    header, rows = table_of({**load_spec("qdylora_ranks"), "rows": ["adapter.scale"]}, find_jobs(tmp_path))
+    assert [r[0] for r in rows] == ["alpha/b", "alpha/sqrt(b)"] and rows[1][1][0] == 0.5

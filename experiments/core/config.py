@@ -20,6 +20,18 @@ class ConfigError(ValueError):
     """A mistake in the user's config or overrides; its message is one line naming the key."""
 
 
+def override_pairs(overrides: Any) -> dict[str, str]:
+    """Command-line overrides as key -> value (``+``/``~`` dropped; Hydra's quotes, as in
+    ``adapter.scale='alpha/sqrt(b)'``, are not part of the value)."""
+    pairs = {}
+    for o in overrides or []:
+        if "=" in o:
+            key, value = o.lstrip("+~").split("=", 1)
+            quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+            pairs[key] = value[1:-1] if quoted else value
+    return pairs
+
+
 def instantiate(node: Any, **kwargs: Any) -> Any:
     import hydra.utils
 

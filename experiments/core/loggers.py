@@ -39,8 +39,9 @@ def task_overrides() -> dict[str, str]:
     """The job's command-line overrides as key -> value (what a sweep varies: W&B filters and groups by it)."""
     from hydra.core.hydra_config import HydraConfig
 
-    pairs = (o.lstrip("+~").split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o)
-    return {k: v for k, v in pairs}
+    from experiments.core.config import override_pairs
+
+    return override_pairs(HydraConfig.get().overrides.task)
 
 
 def build_loggers(cfg: DictConfig) -> list:

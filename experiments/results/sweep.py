@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 
+from experiments.core.config import override_pairs
+
 SEED_KEYS = ("seed",)
 STATUS_FILE = "job_status.json"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -33,7 +35,7 @@ def load_jobs(sweep_dir: Path) -> Jobs:
     jobs = Jobs()
     for results in sorted(sweep_dir.glob("*/results.json")):
         job_dir = results.parent
-        jobs.append({"overrides": _pairs(_overrides_of(job_dir)), "metrics": json.loads(results.read_text()),
+        jobs.append({"overrides": override_pairs(_overrides_of(job_dir)), "metrics": json.loads(results.read_text()),
                      "dir": job_dir, "status": "finished"})
     jobs.incomplete = incomplete_jobs(sweep_dir, {j["dir"] for j in jobs})
     return jobs
@@ -44,10 +46,6 @@ def _overrides_of(job_dir: Path) -> list[str]:
 
     path = job_dir / ".hydra" / "overrides.yaml"
     return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else []
-
-
-def _pairs(overrides: Sequence[str]) -> dict[str, str]:
-    return dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
 
 
 def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
@@ -87,7 +85,7 @@ def incomplete_jobs(sweep_dir: Path, finished: set[Path]) -> list[dict[str, Any]
         record = json.loads((job_dir / STATUS_FILE).read_text()) if job_dir and (job_dir / STATUS_FILE).is_file() \
             else {}
         status = "missing" if job_dir is None else "failed" if record.get("status") == "failed" else "unfinished"
-        out.append({"overrides": _pairs(overrides), "metrics": {}, "dir": job_dir, "status": status,
+        out.append({"overrides": override_pairs(overrides), "metrics": {}, "dir": job_dir, "status": status,
                     "error": record.get("error")})
     return out
 

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from experiments.core.config import ConfigError
+from experiments.core.config import ConfigError, override_pairs
 from experiments.results.sweep import format_cell, mean_std
 from modules.submodel import split_metric_key
 
@@ -46,7 +46,7 @@ def find_jobs(root: Path) -> list[dict[str, Any]]:
         if not hydra_dir.is_dir():  # not a run folder (a probe's own metrics, a copy)
             continue
         overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) if (hydra_dir / "overrides.yaml").exists() else []
-        pairs = dict(o.lstrip("+~").split("=", 1) for o in overrides or [] if "=" in o)
+        pairs = override_pairs(overrides)
         hydra = yaml.safe_load((hydra_dir / "hydra.yaml").read_text()) if (hydra_dir / "hydra.yaml").exists() else {}
         choices = {k: v for k, v in ((hydra or {}).get("hydra", {}).get("runtime", {}).get("choices") or {}).items()
                    if not k.startswith("hydra/") and v is not None}
