@@ -156,15 +156,14 @@ def _order(value: Any) -> tuple:
 
 
 def render(header: list[str], rows: list[list[Any]], fmt: str = "md", digits: int = 3) -> str:
-    cell = lambda c: format_cell(c, digits)  # noqa: E731
     if fmt == "latex":
         esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
         lines = [r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule",
                  " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(cell(c)) for c in row) + r" \\" for row in rows]
+        lines += [" & ".join(esc(format_cell(c, digits)) for c in row) + r" \\" for row in rows]
         return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(format_cell(c, digits) for c in row) + " |" for row in rows])
 
 
 def csv_rows(header: list[str], rows: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:

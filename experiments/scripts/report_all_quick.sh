@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every offline quick experiment (with the baselines each table compares against) into one results folder, then one report of every paper table they fill
-# (Markdown + a self-contained HTML file with the plots inline): <out>/tables/report.{md,html}.
+# Every offline quick experiment (with the baselines each table compares against) into one results folder,
+# then one report of every paper table they fill (Markdown + a self-contained HTML file with the plots
+# inline): <out>/tables/report.{md,html}.
 # Usage: bash experiments/scripts/report_all_quick.sh [out_dir] [extra overrides for every run...]
 # Env: lanes=2 (default) runs two queues of runs side by side, one CPU thread per run; lanes=1 runs one queue.
-# Each run's output is appended to <out>/<name>.log; one line per run here. A run that already finished in <out> is not
-# redone, so rerunning the script after a kill continues it.
+# Each run's output is appended to <out>/<name>.log; one line per run here. A run that already finished in
+# <out> is not redone, so rerunning the script after a kill continues it.
 set -euo pipefail
 out=${1:-results/quick_$(date +%Y-%m-%d)}
 shift $(( $# < 1 ? $# : 1 ))
