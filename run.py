@@ -35,6 +35,9 @@ def _check_group_choices(argv: list[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from experiments.core.quiet import quiet_libraries
+
+    quiet_libraries(verbose=bool(_hydra_verbose()))
     from experiments.core.config import ConfigError
     from experiments.core.tasks import run_task
 
@@ -47,6 +50,12 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
 
 
+def _hydra_verbose():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().verbose if HydraConfig.initialized() else False
+
+
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -54,6 +63,21 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _short_help(argv: list[str]) -> bool:
+    """`--help` alone, or `--help <group>`: our short map (experiments/core/help.py); any other `--help` is Hydra's."""
+    if not argv or argv[0] not in ("--help", "-h") or len(argv) > 2 or (len(argv) == 2 and "=" in argv[1]):
+        return False
+    from experiments.core.help import group_help, main_help
+
+    try:
+        print(group_help(CONF_DIR, argv[1]) if len(argv) == 2 else main_help(CONF_DIR))
+    except ValueError as err:
+        sys.exit(print(f"error: {err}", file=sys.stderr) or 2)
+    return True
+
+
 if __name__ == "__main__":
+    if _short_help(sys.argv[1:]):
+        sys.exit(0)
     _check_group_choices(sys.argv[1:])
     main()
