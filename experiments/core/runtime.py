@@ -121,6 +121,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, with_callbacks: bool = True, *
         callbacks.append(RunCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR),
                                        every_n_train_steps=int(get(cfg, "checkpoint.every_n_steps", 50))))
     options = {"enable_progress_bar": progress_bar_wanted(cfg), **overrides}
+    if options["enable_progress_bar"]:
+        from experiments.core.progress import StepProgressBar
+
+        callbacks.append(StepProgressBar())
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                        enable_checkpointing=with_callbacks, **options)
