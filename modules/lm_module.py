@@ -83,7 +83,10 @@ class NestedCausalLM(NestedModule):
     def _scores_answers(self, split: str) -> bool:
         """Exact match on test, and on validation in the grid evaluation after training (``val/em`` is what
         ``best/*`` chooses on); the validation passes during fit stay loss-only (generation is slow)."""
-        return split == "test" or (split == "val" and self._trainer is not None and not self.trainer.fitting)
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        return split == "test" or (split == "val" and self._trainer is not None
+                                   and self.trainer.state.fn == TrainerFn.VALIDATING)
 
     def log_cell(self, split: str, metrics, cell: SubModel, batch_size: int, **kwargs: Any) -> None:
         """Log the metrics; the generations that come with them are kept per cell instead (not a metric)."""
