@@ -22,12 +22,15 @@ TASKS = ("train", "eval", *STANDALONE)
 
 
 def run_task(cfg: DictConfig) -> Any:
+    from experiments.core.config import check_targets
+    from experiments.core.runtime import RESULTS, RunContext
+
     task = require_choice(cfg, "task", TASKS)
+    check_targets(cfg)  # at every depth, before anything is built
     if task in STANDALONE:
         module, _, function = STANDALONE[task].partition(":")
-        return getattr(importlib.import_module(module), function)(cfg)
-    from experiments.core.runtime import RunContext
-
+        with RunContext.from_hydra(cfg).owned():
+            return getattr(importlib.import_module(module), function)(cfg)
     paradigm = validate(cfg, task)
     if get(cfg, "threads"):
         import torch
@@ -35,12 +38,15 @@ def run_task(cfg: DictConfig) -> Any:
         torch.set_num_threads(int(cfg.threads))
     ctx = RunContext.from_hydra(cfg)
     if task == "eval":
-        return paradigm.evaluate_checkpoint(ctx)
+        with ctx.owned():
+            return paradigm.evaluate_checkpoint(ctx)
+    ctx.accept()  # reads only: a refused command leaves the folder as it was
     done = paradigm.finished_results(ctx)
     if done is not None:  # rerunning a finished run (or sweep job) on its folder: keep what is there
-        print(f"already finished: {ctx.run_dir / 'results.json'} (checkpoint.resume=false reruns it)")
+        print(f"already finished: {ctx.run_dir / RESULTS} (checkpoint.resume=false reruns it)")
         return done.get(f"best/{cfg.eval.metric}")
-    return paradigm.run(ctx)
+    with ctx.owned():  # one writer per folder; .hydra/ written now that the command is accepted
+        return paradigm.run(ctx)
 
 
 def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
