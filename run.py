@@ -59,9 +59,10 @@ def _error_line(err: BaseException) -> tuple[int, str]:
     if isinstance(err, ConfigError):
         return 2, str(err)
     if isinstance(err, OSError):
-        path = err.filename or "a file"
+        path = err.filename or (str(err).splitlines() or ["a file"])[0]
         if isinstance(err, FileNotFoundError):
-            return 2, f"{path}: no such file or directory; check the path in the command or config"
+            return 2, f"{path}{': no such file or directory' if err.filename else ''}; check the path in the " \
+                      "command or config"
         return 1, (f"{path}: {describe_os_error(err)}; free space or fix permissions, then rerun the same command "
                    "(what was written before is intact)")
     return 1, str(err)

@@ -62,12 +62,29 @@ def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
         from experiments.core.runtime import checkpoint_of
 
         checkpoint_of(cfg.init_from)  # a stage's source must exist before anything starts
+    check_data_file(cfg)
     paradigm.validate(cfg)
     if machine:
         if task == "train":
             paradigm.check_resources(cfg)  # first: "does not fit the GPU" is worth knowing on any machine
         check_accelerator(cfg)
     return paradigm
+
+
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet", ".arrow")
+
+
+def check_data_file(cfg: DictConfig) -> None:
+    """``data.source`` that names a local file (a path, or a data-file suffix) must exist before anything loads;
+    a hub id (``org/name``) is left to the data module."""
+    from pathlib import Path
+
+    source = get(cfg, "data.source")
+    if not isinstance(source, str):
+        return
+    local = source.startswith(("/", "./", "../", "~")) or source.endswith(DATA_FILE_SUFFIXES)
+    if local and not Path(source).expanduser().exists():
+        raise ConfigError(f"data.source={source!r}: no such file or folder; give the path of a data file")
 
 
 def check_accelerator(cfg: DictConfig) -> None:
