@@ -67,7 +67,7 @@ def test_a_failing_export_leaves_no_results_json_and_the_rerun_does_not_train_ag
     from experiments.paradigms.lm import LMParadigm
     from modules.lm_module import NestedCausalLM
 
-    cfg = _cfg([f"data.source={data_file}", "export.submodels=[rank=4]"])
+    cfg = _cfg([f"data.source={data_file}", "export.submodels=[largest]"])
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -60,9 +60,12 @@ class RunContext:
         return build_trainer(self.cfg, self.run_dir, with_callbacks, **overrides)
 
     def accept(self) -> None:
-        """Is this command accepted for this folder? Reads only (a refused command changes nothing there)."""
+        """Is this command accepted for this folder? Reads only (a refused command changes nothing there): the
+        same config, and a checkpoint to continue from that reads back (a finished run is not read again)."""
         if get(self.cfg, "checkpoint.resume", True):
             check_same_config(self.cfg, self.run_dir)
+            if not (self.run_dir / RESULTS).is_file():
+                self.resume_checkpoint()
 
     @contextlib.contextmanager
     def owned(self):
