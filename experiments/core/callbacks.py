@@ -65,7 +65,8 @@ class FiniteLoss(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every and step % self.checkpoint_every and step != trainer.max_steps:
+        if (step % self.every and step % self.checkpoint_every and step != trainer.max_steps
+                and self.last_finite is not None):  # the first step too: a "last finite loss" to report
             return
         values = {}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
