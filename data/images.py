@@ -223,7 +223,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """The source's own splits, from ``cache_dir`` when it was cached before."""
         cache = self._cache_path()
         if cache is not None and cache.is_file():
-            return torch.load(cache)
+            return torch.load(cache, weights_only=True)
         if self.source == "digits":
             raw = load_digits_split()
         elif self.source == "fashion_mnist":

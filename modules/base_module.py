@@ -83,8 +83,7 @@ class BaseModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                             "python": random.getstate()}
+        checkpoint["rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # restored when training resumes (on_train_start), after everything that may draw at set-up
@@ -92,9 +91,7 @@ class BaseModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            np.random.set_state(self._rng_to_restore["numpy"])
-            random.setstate(self._rng_to_restore["python"])
+            set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
 
     # --- logging -------------------------------------------------------------------------
@@ -117,3 +114,20 @@ class BaseModule(pl.LightningModule):
         if isinstance(batch, Mapping):
             return len(next(iter(batch.values())))
         return len(batch[0])
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch / numpy / python random states as tensors, ints and tuples only: a checkpoint holding them
+    loads with ``torch.load(weights_only=True)`` (numpy's own state holds an ndarray, which it refuses)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+            "python": random.getstate()}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -46,7 +46,7 @@ def test_two_ddp_processes_end_with_the_weights_of_one_process_on_the_whole_batc
         torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0)  # gradients all-reduced every step
         torch.testing.assert_close(rank0[k], v, rtol=1e-6, atol=1e-6)
         assert not torch.allclose(v, start[k])  # it did train
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)  # rank 0 wrote it
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)  # rank 0 wrote it
     assert ckpt["global_step"] == ddp_fit.STEPS
 
 

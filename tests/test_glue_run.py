@@ -70,7 +70,7 @@ def test_t5_block_variants_and_merged_export(tmp_path, env, monkeypatch):
         results = json.loads((tmp_path / "blocks" / str(job) / "results.json").read_text())
         check_common(results, "krona")
         assert 0 <= results["test/acc@kron_rank=1"] <= 1
-    ckpt = torch.load(tmp_path / "blocks" / "1" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    ckpt = torch.load(tmp_path / "blocks" / "1" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     gains = [v for k, v in ckpt.items() if k.endswith("DenseReluDense.kron_res_scale")]
     assert len(gains) == 4 and any(float(g) != 0.0 for g in gains)  # one per FFN block, trained away from 0
 
@@ -78,7 +78,7 @@ def test_t5_block_variants_and_merged_export(tmp_path, env, monkeypatch):
     proc = run([*t5, "adapter=krona", "adapter.r_max=2", "adapter.scale=2.0", "export.merge=true",
                 f"hydra.run.dir={out}"], env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     merged = AutoModelForSequenceClassification.from_pretrained(out / "exports" / "merged").state_dict()
     # the untrained base, rebuilt exactly as the run built it (same random config, same seed, same cache)
     from modules.hf_model import materialize_random
@@ -112,6 +112,6 @@ def test_qkrona_trains_on_an_nf4_backbone(tmp_path, env):
     check_common(nf4, "krona")
     assert nf4["params/trainable"] == dense["params/trainable"]  # same adapter and head
     assert nf4["params/total"] < dense["params/total"]           # 4-bit weights pack two per stored element
-    state = torch.load(tmp_path / "1" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(tmp_path / "1" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(k.endswith("kron_B") and v.abs().max() > 0 for k, v in state.items())
     assert state["model.classifier.weight"].dtype == torch.float32

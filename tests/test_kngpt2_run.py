@@ -75,7 +75,7 @@ def test_stage_two_starts_from_stage_one_weights(stage1, tmp_path):
     assert results["compression/ratio"] > 1 and results["params/total"] < results["dense_params/total"]
     metrics = (stage1 / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert all(f"train/{t}" in metrics for t in ("task", "logits", "hidden", "attention", "embedding"))
-    trained = torch.load(stage1 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    trained = torch.load(stage1 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.endswith(".A") for k in trained) and not any(k.startswith("teacher.") for k in trained)
 
     cfg = compose_cfg(TINY + [f"init_from={stage1}", "trainer.max_steps=2"])
@@ -100,7 +100,7 @@ def test_glue_stage_from_the_lm_stage(stage1, tmp_path, env):
     results = json.loads((glue / "results.json").read_text())
     assert "test/acc" in results and results["compression/ratio"] > 1
     stage = json.loads((glue / "run_info.json").read_text())["init_from"]
-    lm_state = torch.load(stage1 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    lm_state = torch.load(stage1 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert stage["tensors"] == len(lm_state)  # every stage-1 tensor (the tied head has none of its own)
 
 

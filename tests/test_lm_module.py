@@ -135,7 +135,7 @@ def test_checkpoint_holds_only_trainable_weights(qa_file, tmp_path):
     trainer.fit(module, datamodule=_data(qa_file))
     path = tmp_path / "adapter.ckpt"
     trainer.save_checkpoint(path)
-    state = torch.load(path, weights_only=False)["state_dict"]
+    state = torch.load(path, weights_only=True)["state_dict"]
     assert state and all(".lora_" in k for k in state)
     twin = _module()
     twin.load_state_dict(state, strict=False)

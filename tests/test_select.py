@@ -57,7 +57,7 @@ def test_each_budget_picks_the_best_submodel_that_fits_and_exports_its_rank_b_ad
     folder = run_dir / "selected" / f"rank_{want}"
     assert json.loads((folder / "adapter_config.json").read_text())["r"] == want
     exported = load_file(folder / "adapter_model.safetensors")
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     a = next(k for k in exported if "lora_A" in k and "layers.0.self_attn.q_proj" in k)
     trained = next(v for k, v in state.items() if k.endswith("layers.0.self_attn.q_proj.lora_A"))
     assert torch.equal(exported[a], trained[:want])  # the rank-b slice of the trained A

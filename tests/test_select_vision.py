@@ -50,7 +50,7 @@ def test_a_budget_picks_the_best_fitting_subnetwork_and_exports_its_standalone_v
     sub = SubModel.parse(want)
     assert (small.config.num_hidden_layers, small.config.hidden_size) == (sub["depth"], sub["width"])
     # the exported weights are the run's trained slice
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     full = SortedViT(SortedViTConfig(**{**json.loads((folder / "config.json").read_text()), "hidden_size": 32,
                                         "num_hidden_layers": 2, "intermediate_size": 64, "num_attention_heads": 2}))
     full.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})

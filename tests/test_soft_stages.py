@@ -68,7 +68,7 @@ def test_sft_ict_stage_freezes_the_body_and_starts_from_the_sft_run(runs, env):
     root, args = runs
     sft = root / "table" / "sft"
     ict = [*args, "depth.exits=[1]", "depth.eval_exits=[1,2]", "depth.exit_heads=true", f"init_from={sft}"]
-    sft_state = torch.load(sft / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    sft_state = torch.load(sft / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     (root / "ict0").mkdir()
     module, _ = LMParadigm().prepare(RunContext(compose_cfg([*ict, "data.source=stdlib_qa"]), root / "ict0"))
     own = module.state_dict()
@@ -78,7 +78,7 @@ def test_sft_ict_stage_freezes_the_body_and_starts_from_the_sft_run(runs, env):
 
     trained = run([*ict, "trainer.max_steps=3", f"hydra.run.dir={root / 'ict'}"], env)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    state = torch.load(root / "ict" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(root / "ict" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert list(state) == ["exit_heads.heads.1.weight"]  # the body, norm and shared head stayed frozen
     assert not torch.equal(state["exit_heads.heads.1.weight"], sft_state["model.lm_head.weight"])  # the head trained
     before, after = (json.loads((d / "results.json").read_text()) for d in (sft, root / "ict"))

@@ -46,7 +46,7 @@ def test_sigkill_midway_then_the_same_command_gives_the_uninterrupted_results(en
     os.kill(job.pid, signal.SIGKILL)
     job.wait()
     assert ckpt.exists() and not (killed / "results.json").exists(), "the run must die midway"
-    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < step < 40
 
     again = run([*args, f"hydra.run.dir={killed}"], env)

@@ -1,6 +1,7 @@
 """Lightning callbacks and plugins of the framework (the pure pieces live in modules/)."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,44 @@ class PeakMemory(Callback):
                       "memory/kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"}
 
 
+class FiniteLoss(Callback):
+    """Divergence is a failure: the training loss (what ``training_step`` returns, else the logged
+    ``train/*`` values, as under manual optimization) is checked every ``every`` optimizer steps and before
+    any checkpoint is written; a NaN or infinite one stops the run with one line (RunError) naming the step
+    and the last finite loss. Callbacks run before checkpointing, so no checkpoint holds the diverged weights."""
+
+    def __init__(self, every: int, checkpoint_every: int):
+        self.every, self.checkpoint_every = max(1, every), max(1, checkpoint_every)
+        self.last_finite: tuple[int, float] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if (step % self.every and step % self.checkpoint_every and step != trainer.max_steps
+                and self.last_finite is not None):  # the first step too: a "last finite loss" to report
+            return
+        values = {}
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            values["loss"] = float(loss.detach())
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("train/") and isinstance(value, torch.Tensor) and value.numel() == 1:
+                values[key] = float(value.detach())
+        for key, value in values.items():
+            if not math.isfinite(value):
+                from experiments.core.config import RunError
+
+                last = (f"last finite loss {self.last_finite[1]:.4g} at step {self.last_finite[0]}"
+                        if self.last_finite else "no finite loss before it")
+                raise RunError(f"training diverged at step {step}: {key}={value} ({last}); lower optimizer.lr or "
+                               "check the data; no results.json, no best/*, no export")
+        if values:
+            self.last_finite = (step, values.get("loss", next(iter(values.values()))))
+
+
 class RunCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``every_n_train_steps`` optimizer steps and once more when training ends, so a
-    killed run loses at most N steps and ``task=eval`` always finds the final weights."""
+    killed run loses at most N steps and ``task=eval`` always finds the final weights. SIGTERM (Lightning
+    stops after the current batch) and Ctrl-C save it too: the same command continues from there."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int):
         super().__init__(dirpath=dirpath, filename="last", save_last=True, save_top_k=0,
@@ -63,6 +99,16 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if (isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.state.fn == TrainerFn.FITTING
+                and trainer.global_step != self._last_global_step_saved):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            print(f"interrupted at step {trainer.global_step}: saved {Path(self.dirpath) / 'last.ckpt'}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -73,5 +119,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:  # a full disk, a read-only folder: torch says "unexpected pos"
+            from experiments.core.config import RunError
+
+            raise RunError(f"cannot write {path}: {describe_os_error(err, tmp)}; the previous checkpoint is "
+                           "intact: free space or fix permissions and rerun the same command") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def describe_os_error(err: BaseException, path: Path | None = None) -> str:
+    """One phrase for an I/O failure; torch reports a full disk only as "unexpected pos", so ask the disk."""
+    import errno
+    import shutil
+
+    code = getattr(err, "errno", None)
+    if code is None and path is not None:
+        try:
+            if shutil.disk_usage(path.parent).free < 1024 ** 2:
+                code = errno.ENOSPC
+        except OSError:
+            pass
+    return {errno.ENOSPC: "no space left on the device", errno.EACCES: "permission denied",
+            errno.EROFS: "the file system is read-only", errno.EDQUOT: "the disk quota is exceeded"}.get(
+        code, (str(err).splitlines() or [type(err).__name__])[0])

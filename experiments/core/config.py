@@ -9,15 +9,33 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# Targets a config may instantiate (Hydra 1.4 will require an allow-list).
-ALLOWED_TARGET_PREFIXES = (
-    "torch.", "lightning.", "transformers.", "bitsandbytes.", "peft.",
-    "modules.", "data.", "experiments.",
-)
+# Targets a config may instantiate, by exact name (Hydra 1.4 will require an allow-list). Besides these, a
+# class or function *defined* in this project's packages (checked in its source file, nothing is imported):
+# never a loader (torch.load, pickle, builtins) or a name reached through another module's imports.
+ALLOWED_TARGETS = frozenset({
+    "lightning.pytorch.Trainer",
+    "lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.WandbLogger",
+    "lightning.pytorch.loggers.TensorBoardLogger",
+    "lightning.pytorch.callbacks.LearningRateMonitor", "lightning.pytorch.callbacks.EarlyStopping",
+    "lightning.pytorch.callbacks.RichProgressBar", "lightning.pytorch.callbacks.TQDMProgressBar",
+    "lightning.pytorch.strategies.DDPStrategy", "lightning.pytorch.strategies.FSDPStrategy",
+    "lightning.pytorch.strategies.DeepSpeedStrategy",
+    "torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.RMSprop", "torch.optim.Adagrad",
+    "torch.distributed.fsdp.wrap.size_based_auto_wrap_policy",
+    "transformers.BitsAndBytesConfig",
+    "bitsandbytes.optim.PagedAdamW32bit", "bitsandbytes.optim.PagedAdamW8bit", "bitsandbytes.optim.AdamW8bit",
+    "bitsandbytes.optim.PagedAdamW", "bitsandbytes.optim.AdamW32bit",
+})
+PROJECT_PACKAGES = ("modules", "data", "experiments", "hydra_plugins")
+_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 class ConfigError(ValueError):
-    """A mistake in the user's config or overrides; its message is one line naming the key."""
+    """A mistake in the user's config or overrides; its message is one line naming the key (exit 2)."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (it diverged, a disk is full): one line, exit 1, the sweep job marked failed."""
 
 
 def override_pairs(overrides: Any) -> dict[str, str]:
@@ -32,13 +50,50 @@ def override_pairs(overrides: Any) -> dict[str, str]:
     return pairs
 
 
+def _defined_in_project(target: str) -> bool:
+    """``pkg.module.Name`` where ``Name`` is a class or function defined at the top of that module's file."""
+    import ast
+    from functools import lru_cache
+
+    @lru_cache(maxsize=None)
+    def top_level_names(module: str) -> frozenset:
+        base = _ROOT.joinpath(*module.split("."))
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                tree = ast.parse(path.read_text())
+                return frozenset(n.name for n in tree.body
+                                 if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))
+        return frozenset()
+
+    module, _, name = target.rpartition(".")
+    return module.split(".")[0] in PROJECT_PACKAGES and name in top_level_names(module)
+
+
+def check_target(target: Any, key: str = "_target_") -> None:
+    if not isinstance(target, str) or not (target in ALLOWED_TARGETS or _defined_in_project(target)):
+        raise ConfigError(f"{key}={target} is not allowed; a target is a class or function of this project "
+                          f"(modules., data., experiments.) or one of: {', '.join(sorted(ALLOWED_TARGETS))}")
+
+
+def check_targets(node: Any, prefix: str = "") -> None:
+    """Every ``_target_`` at every depth of ``node`` (a whole config, hydra.callbacks included) is allowed."""
+    if isinstance(node, (DictConfig, dict)):
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
+        for k, v in items:
+            if k == "_target_":
+                check_target(v, f"{prefix}_target_")
+            else:
+                check_targets(v, f"{prefix}{k}.")
+    elif isinstance(node, (ListConfig, list, tuple)):
+        for i, v in enumerate(node):
+            check_targets(v, f"{prefix}{i}.")
+
+
 def instantiate(node: Any, **kwargs: Any) -> Any:
     import hydra.utils
 
-    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
-    if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
-        raise ConfigError(f"_target_={target} is not allowed; targets must start with one of "
-                          f"{', '.join(ALLOWED_TARGET_PREFIXES)}")
+    check_targets(node)
+    check_targets(kwargs)
     return hydra.utils.instantiate(node, **kwargs)
 
 

@@ -10,9 +10,15 @@
   (seed, step). The folder's ``resume_config.yaml`` guards against continuing with another config.
 - Stages: ``init_from=<run folder or .ckpt>`` starts training from an earlier run's trained weights; the
   source is recorded in ``run_info.json``.
+- The folder is a record (docs/ARCHITECTURE.md, "What a run folder promises"): ``accept`` checks the command
+  against the folder reading nothing but its files; only then ``owned`` takes the folder's lock (one writer)
+  and writes ``.hydra/``; ``results.json`` is written last. Every checkpoint is read with
+  ``weights_only=True``.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import sys
@@ -26,7 +32,10 @@ from experiments.core.config import ConfigError, get, instantiate
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+RESULTS = "results.json"  # written last: a folder holding it is a finished run
+LOCK = ".lock"            # flock'ed by the process that owns the folder
 RESUME_CONFIG = "resume_config.yaml"
+RUN_DIR_TOKEN = "${run_dir}"  # the run folder inside resume_config.yaml: a moved or copied folder still resumes
 RESUME_EXEMPT = ("threads", "task", "checkpoint.resume")  # may differ between a run and its continuation
 
 
@@ -50,27 +59,91 @@ class RunContext:
     def trainer(self, with_callbacks: bool = True, **overrides: Any):
         return build_trainer(self.cfg, self.run_dir, with_callbacks, **overrides)
 
+    def accept(self) -> None:
+        """Is this command accepted for this folder? Reads only (a refused command changes nothing there): the
+        same config, and a checkpoint to continue from that reads back (a finished run is not read again)."""
+        if get(self.cfg, "checkpoint.resume", True):
+            check_same_config(self.cfg, self.run_dir)
+            if not (self.run_dir / RESULTS).is_file():
+                self.resume_checkpoint()
+
+    @contextlib.contextmanager
+    def owned(self):
+        """The folder's lock for the whole run (one writer per folder), then the ``.hydra/`` record. Only the
+        process of rank 0 writes (the other DDP ranks rerun the command inside the same job)."""
+        if process_rank() != 0:
+            yield
+            return
+        with folder_lock(self.run_dir):
+            write_hydra_record(self.run_dir, self.cfg)
+            yield
+
     def resume_checkpoint(self) -> Path | None:
         """``last.ckpt`` of this folder when the run continues (and the config is the same), else None."""
         if not get(self.cfg, "checkpoint.resume", True) or not self.last_checkpoint.is_file():
             return None
         check_same_config(self.cfg, self.run_dir)
+        read_checkpoint(self.last_checkpoint, "checkpoint.resume",  # readable before training starts from it
+                        fix="delete it to train from the start, or restore it from a copy")
         return self.last_checkpoint
 
     def finished_results(self) -> dict[str, Any] | None:
         """The results of a run that already finished in this folder with this config (it is not redone)."""
-        path = self.run_dir / "results.json"
+        path = self.run_dir / RESULTS
         if not get(self.cfg, "checkpoint.resume", True) or not path.is_file():
             return None
         check_same_config(self.cfg, self.run_dir)
-        import json
-
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{path} is truncated or not JSON ({type(err).__name__}); delete it and rerun the "
+                              "same command: training resumes from its checkpoint and the evaluation is redone") \
+                from None
 
     def remember_config(self) -> None:
         path = self.run_dir / RESUME_CONFIG
         if not path.exists():
-            path.write_text(OmegaConf.to_yaml(OmegaConf.create(_resolved(self.cfg))))
+            path.write_text(OmegaConf.to_yaml(OmegaConf.create(_portable(_resolved(self.cfg), self.run_dir))))
+
+
+def process_rank() -> int:
+    """This process's rank in its job (SLURM task, torchrun / Lightning DDP child); 0 alone."""
+    return int(next((os.environ[k] for k in ("SLURM_PROCID", "RANK", "LOCAL_RANK") if k in os.environ), 0))
+
+
+@contextlib.contextmanager
+def folder_lock(run_dir: Path):
+    """An exclusive ``flock`` on ``<run_dir>/.lock`` while the block runs; a held lock is one clear line."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"hydra.run.dir={str(run_dir)!r} is in use by another run (it holds {LOCK}); wait "
+                              "for it to end, or give another hydra.run.dir") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock (and a killed process's lock goes with it)
+
+
+def write_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
+    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, but only once the command is accepted
+    (conf/config.yaml sets ``hydra.output_subdir: null`` so that Hydra itself does not write them at start)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import _save_config
+
+    if not HydraConfig.initialized():  # in-process use without a Hydra run
+        return
+    hc = HydraConfig.get()
+    hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)})
+    hydra_cfg.hydra.output_subdir = ".hydra"
+    out = run_dir / ".hydra"
+    _save_config(cfg, "config.yaml", out)
+    _save_config(hydra_cfg, "hydra.yaml", out)
+    _save_config(OmegaConf.create(list(hc.overrides.task)), "overrides.yaml", out)
 
 
 def run_dir_of() -> Path:
@@ -102,7 +175,7 @@ def progress_bar_wanted(cfg: DictConfig) -> bool:
 def build_trainer(cfg: DictConfig, run_dir: Path, with_callbacks: bool = True, **overrides: Any):
     import lightning.pytorch  # noqa: F401  (installs Lightning's console handler, removed next)
 
-    from experiments.core.callbacks import AtomicCheckpointIO, RunCheckpoint
+    from experiments.core.callbacks import AtomicCheckpointIO, FiniteLoss, RunCheckpoint
     from experiments.core.loggers import build_loggers
 
     quiet_duplicate_logs()
@@ -118,8 +191,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, with_callbacks: bool = True, *
         callbacks = [instantiate(c) for c in (get(cfg, "callbacks") or {}).values()]
         if not loggers:  # logger=none: nothing to write learning rates to (Lightning refuses the monitor)
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        callbacks.append(RunCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR),
-                                       every_n_train_steps=int(get(cfg, "checkpoint.every_n_steps", 50))))
+        every = int(get(cfg, "checkpoint.every_n_steps", 50))
+        callbacks.append(FiniteLoss(every=int(get(cfg, "trainer.log_every_n_steps", 50)), checkpoint_every=every))
+        callbacks.append(RunCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR), every_n_train_steps=every))
     options = {"enable_progress_bar": progress_bar_wanted(cfg), **overrides}
     if options["enable_progress_bar"]:
         from experiments.core.progress import StepProgressBar
@@ -159,12 +233,22 @@ def _resolved(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
+def _portable(node: Any, run_dir: Path) -> Any:
+    """The config with this folder's own path written as ``${run_dir}`` (it may be moved or copied)."""
+    here = str(run_dir.resolve())
+    if isinstance(node, dict):
+        return {k: _portable(v, run_dir) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_portable(v, run_dir) for v in node]
+    return node.replace(here, RUN_DIR_TOKEN) if isinstance(node, str) and here in node else node
+
+
 def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     path = run_dir / RESUME_CONFIG
     if not path.exists():
         return
     before = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
-    now = _flat(_resolved(cfg))
+    now = _flat(_portable(_resolved(cfg), run_dir))
     changed = sorted(k for k in set(before) | set(now)
                      if before.get(k) != now.get(k) and not k.startswith(RESUME_EXEMPT))
     if changed:
@@ -186,14 +270,17 @@ def checkpoint_of(source: str | Path, key: str = "init_from") -> Path:
     return path
 
 
-def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
+def read_checkpoint(path: Path, key: str, fix: str = "give a checkpoint written by task=train") -> dict[str, Any]:
+    """A checkpoint as plain tensors and containers: ``weights_only=True``, so a file that is not one of
+    ours (a pickle holding code) is refused without running anything."""
     import torch
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or not a checkpoint at all
-        raise ConfigError(f"{key}={str(path)!r} is not a readable checkpoint ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a checkpoint at all, or a pickle that would run code
+        first = (str(err).strip().splitlines() or ["unreadable"])[0][:200]
+        raise ConfigError(f"{key}={str(path)!r} is not a readable checkpoint ({type(err).__name__}: {first}); "
+                          f"{fix}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ConfigError(f"{key}={str(path)!r} is not a Lightning checkpoint written by task=train")
     return ckpt

@@ -12,6 +12,7 @@ The core groups are here; each paradigm adds the schemas of its own groups (``Pa
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, ClassVar, Literal, Optional, Union
 
@@ -82,6 +83,8 @@ def _matches(value: Any, tp: Any) -> bool:
 def _check_range(key: str, value: Any, meta: dict) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if not math.isfinite(value):  # nan / inf are never a setting (a diverged run would follow)
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
     if lo is not None and value < lo or hi is not None and value > hi or below is not None and value >= below:
         parts = ([f">= {lo}"] if lo is not None else []) + ([f"<= {hi}"] if hi is not None else []) + \
@@ -200,7 +203,7 @@ class LatencySchema:
 @dataclasses.dataclass
 class RootSchema:
     closed: ClassVar[bool] = False
-    seed: int = 42
+    seed: int = opt(42, min=0, max=2 ** 32 - 1)  # numpy's seed range
     threads: Optional[int] = opt(None, min=1)
     init_from: Optional[str] = None
 
@@ -223,3 +226,25 @@ def check_core(cfg: DictConfig) -> None:
     else:
         schemas = CORE_SCHEMAS
     check_all(cfg, schemas)
+    check_trainer_arguments(cfg)
+
+
+def check_trainer_arguments(cfg: DictConfig) -> None:
+    """``+trainer.<typo>``: every key of the (open) trainer group must be an argument of Lightning's Trainer
+    (its signature is read only when a key outside the schema appears)."""
+    node = OmegaConf.select(cfg, "trainer")
+    if not isinstance(node, DictConfig):
+        return
+    known = {f.name for f in dataclasses.fields(TrainerSchema)} | set(META_KEYS)
+    extra = [k for k in node if k not in known]
+    if not extra or node.get("_target_") != "lightning.pytorch.Trainer":
+        return
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    valid = [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+    unknown = [k for k in extra if k not in valid]
+    if unknown:
+        raise ConfigError(f"trainer.{unknown[0]} is not an argument of lightning.pytorch.Trainer; "
+                          f"valid options: {', '.join(valid)}")

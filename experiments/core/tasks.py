@@ -22,12 +22,15 @@ TASKS = ("train", "eval", *STANDALONE)
 
 
 def run_task(cfg: DictConfig) -> Any:
+    from experiments.core.config import check_targets
+    from experiments.core.runtime import RESULTS, RunContext
+
     task = require_choice(cfg, "task", TASKS)
+    check_targets(cfg)  # at every depth, before anything is built
     if task in STANDALONE:
         module, _, function = STANDALONE[task].partition(":")
-        return getattr(importlib.import_module(module), function)(cfg)
-    from experiments.core.runtime import RunContext
-
+        with RunContext.from_hydra(cfg).owned():
+            return getattr(importlib.import_module(module), function)(cfg)
     paradigm = validate(cfg, task)
     if get(cfg, "threads"):
         import torch
@@ -35,14 +38,17 @@ def run_task(cfg: DictConfig) -> Any:
         torch.set_num_threads(int(cfg.threads))
     ctx = RunContext.from_hydra(cfg)
     if task == "eval":
-        return paradigm.evaluate_checkpoint(ctx)
+        with ctx.owned():
+            return paradigm.evaluate_checkpoint(ctx)
+    ctx.accept()  # reads only: a refused command leaves the folder as it was
     done = paradigm.finished_results(ctx)
     if done is not None:  # rerunning a finished run (or sweep job) on its folder: keep what is there
-        print(f"already finished: {ctx.run_dir / 'results.json'} (checkpoint.resume=false reruns it)")
+        print(f"already finished: {ctx.run_dir / RESULTS} (checkpoint.resume=false reruns it)")
         from experiments.results.files import objective_key
 
         return done.get(objective_key(cfg.eval.metric))
-    return paradigm.run(ctx)
+    with ctx.owned():  # one writer per folder; .hydra/ written now that the command is accepted
+        return paradigm.run(ctx)
 
 
 def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
@@ -58,12 +64,29 @@ def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
         from experiments.core.runtime import checkpoint_of
 
         checkpoint_of(cfg.init_from)  # a stage's source must exist before anything starts
+    check_data_file(cfg)
     paradigm.validate(cfg)
     if machine:
         if task == "train":
             paradigm.check_resources(cfg)  # first: "does not fit the GPU" is worth knowing on any machine
         check_accelerator(cfg)
     return paradigm
+
+
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet", ".arrow")
+
+
+def check_data_file(cfg: DictConfig) -> None:
+    """``data.source`` that names a local file (a path, or a data-file suffix) must exist before anything loads;
+    a hub id (``org/name``) is left to the data module."""
+    from pathlib import Path
+
+    source = get(cfg, "data.source")
+    if not isinstance(source, str):
+        return
+    local = source.startswith(("/", "./", "../", "~")) or source.endswith(DATA_FILE_SUFFIXES)
+    if local and not Path(source).expanduser().exists():
+        raise ConfigError(f"data.source={source!r}: no such file or folder; give the path of a data file")
 
 
 def check_accelerator(cfg: DictConfig) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from experiments.core.config import get
+from experiments.core.config import RunError, get
 from experiments.core.runtime import RunContext, apply_init_from, checkpoint_of, load_trained_weights
 
 
@@ -93,9 +93,7 @@ class Paradigm:
         ctx.remember_config()
         if resume is not None:
             print(f"resuming from {resume}")
-        # our own checkpoint (it holds the numpy / python RNG states, which weights_only loading refuses)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None,
-                    weights_only=False if resume else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
         return trainer
 
     def evaluate(self, ctx: RunContext, module, datamodule, trainer) -> dict[str, Any]:
@@ -117,18 +115,21 @@ class Paradigm:
             if isinstance(callback, PeakMemory):
                 metrics.update(callback.peaks)
         metrics["memory/eval_peak_mib"] = peak_memory_mib(device)  # the grid evaluation just run
+        check_finite_metrics(metrics)
         return metrics
 
     def finish(self, ctx: RunContext, module, metrics: dict[str, Any], trainer) -> float | None:
-        """results.json + table + plot, the paradigm's exports, the printed summary, W&B."""
+        """The paradigm's post-evaluation steps (costs, generations, judge, exports), W&B, then table + plot and
+        results.json last: a folder holding results.json has everything; a failure in any step before it leaves
+        no results.json, and the same command redoes the steps after training (training resumes at its end)."""
         from experiments.core.loggers import finish_wandb
         from experiments.results.files import best_line, objective_key, write_results
 
         if not trainer.is_global_zero:
             return None
+        exported = self.after_eval(ctx.cfg, module, metrics, ctx.run_dir)  # may add keys (costs per sub-model)
+        finish_wandb(trainer, metrics)
         table = write_results(ctx.run_dir, metrics, self.PLOT_METRICS)
-        exported = self.after_eval(ctx.cfg, module, metrics, ctx.run_dir)
-        write_results(ctx.run_dir, metrics, self.PLOT_METRICS)  # after_eval may add keys (costs per sub-model)
         print(f"\nResults per sub-model ({ctx.run_dir}):\n{table}")
         print(best_line(metrics, ctx.cfg.eval.metric))
         if "memory/train_peak_mib" in metrics:
@@ -136,7 +137,6 @@ class Paradigm:
                   f"evaluation {metrics['memory/eval_peak_mib']:.0f} MiB")
         for path in exported:
             print(f"exported: {path}")
-        finish_wandb(trainer, metrics)
         return metrics.get(objective_key(ctx.cfg.eval.metric))
 
     def evaluate_checkpoint(self, ctx: RunContext) -> float | None:
@@ -150,3 +150,13 @@ class Paradigm:
         load_trained_weights(module, path, "eval.ckpt_path")
         trainer = ctx.trainer(with_callbacks=False)
         return self.finish(ctx, module, self.evaluate(ctx, module, datamodule, trainer), trainer)
+
+
+def check_finite_metrics(metrics: dict[str, Any]) -> None:
+    """A NaN or infinite evaluation metric is an error (a diverged model), never a table cell or a "best"."""
+    import math
+
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if bad:
+        raise RunError(f"evaluation gave {bad[0]}={metrics[bad[0]]} ({len(bad)} non-finite metrics): the model "
+                       "diverged or the evaluation data is empty; no results.json, no best/*, no export")

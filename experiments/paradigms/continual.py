@@ -356,16 +356,16 @@ class ContinualParadigm(Paradigm):
         trained_here = False
         for t in range(state["done"], T):
             data.set_task(t)
-            previous = torch.load(gen_dir / f"after_t{t - 1}.pt", map_location="cpu") if t else None
+            previous = torch.load(gen_dir / f"after_t{t - 1}.pt", map_location="cpu", weights_only=True) if t else None
             module.start_task(t, previous)
             ckpt = ctx.last_checkpoint if ctx.last_checkpoint.is_file() and (resume or trained_here) else None
             if ckpt is not None and not trained_here:
-                blob = torch.load(ckpt, map_location="cpu", weights_only=False)
+                blob = torch.load(ckpt, map_location="cpu", weights_only=True)
                 print(f"resuming from {ckpt} (task t{t} of {T}, generator step {blob['global_step']} of {steps * T})")
             print(f"task t{t}: classes {list(stream[t])}, generator steps {t * steps}..{(t + 1) * steps}")
             trainer = ctx.trainer(max_steps=(t + 1) * steps)
             trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None,
-                        weights_only=False if ckpt else None)
+                        weights_only=True)
             trained_here = True
             if not trainer.is_global_zero:
                 continue
@@ -385,8 +385,7 @@ class ContinualParadigm(Paradigm):
             metrics["tasks/done"] = t + 1
             sample_grid(G, seen, int(cfg.eval.samples_per_class), seed, run_dir / "samples" / f"after_t{t}.png",
                         f"after task t{t} ({cfg.regularizer.name})")
-            write_json(state_path, {"done": t + 1, "metrics": metrics})
-            write_json(run_dir / "results.json", metrics)  # after every task
+            write_json(state_path, {"done": t + 1, "metrics": metrics})  # results.json only when every task is done
             print(f"after task t{t}: " + "  ".join(f"t{j} {v:.3f}" for j, v in enumerate(row))
                   + f"  | avg {metrics[metric_key('test/avg_acc', SubModel(()), after)]:.3f}")
         if trained_here and not trainer.is_global_zero:

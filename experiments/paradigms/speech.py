@@ -399,7 +399,7 @@ class SpeechParadigm(Paradigm):
         ckpt = str(last) if resume and last.is_file() else None
         print(f"probe {tag}: {'resuming from ' + ckpt if ckpt else 'training'}")
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         fit_s = time.perf_counter() - start
         trainer.validate(module, datamodule=datamodule, verbose=False)
         out: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -44,8 +44,11 @@ def package_versions() -> dict[str, str | None]:
 def write_json(path: Path, data: Any) -> None:
     """Atomic write: a crash mid-write never leaves a truncated file behind."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+        tmp.replace(path)
+    finally:  # a full disk: no temporary file left behind, the previous file untouched
+        tmp.unlink(missing_ok=True)
 
 
 def write_run_info(run_dir: Path, seed: int, overrides: list[str], init_from: dict | None = None) -> None:
@@ -133,14 +136,15 @@ def submodel_table(metrics: Mapping[str, float]) -> tuple[list[str], list[list[A
 
 
 def write_results(run_dir: Path, metrics: Mapping[str, Any], plot_metrics: Sequence[str]) -> str:
-    """results.json, the per-cell table (results.md / .csv) and the metric-vs-sub-model plot; the table."""
-    write_json(run_dir / "results.json", metrics)
+    """The per-cell table (results.md / .csv), the metric-vs-sub-model plot and results.json, written last
+    (atomically): a folder holding results.json is a finished run. Returns the table."""
     header, rows = submodel_table(metrics)
     table = markdown_table(header, rows)
     (run_dir / "results.md").write_text(table + "\n")
     write_csv(run_dir / "results.csv", header, rows)
     plot_submodel_curve(metrics, [n for n in plot_metrics if any(k.startswith(n) for k in metrics)],
                         run_dir / "results.png")
+    write_json(run_dir / "results.json", metrics)
     return table
 
 

@@ -4,7 +4,7 @@ Every ``<sweep>/<job>/results.json`` with its ``.hydra/overrides.yaml``; Hydra d
 ``on_multirun_end`` when a job fails, so the report and table tasks read the folder themselves.
 The jobs that did not finish are kept beside the finished ones (``load_jobs(...).incomplete``) and the
 table marks them: ``failed`` (the job raised: ``<job>/job_status.json``, written by ``JobStatusCallback``,
-holds the error), ``unfinished`` (killed, or still running) and ``missing`` (planned by the grid in
+holds the error), ``unfinished`` (killed, or still running; a diverged job is ``failed``, its error says so) and ``missing`` (planned by the grid in
 ``<sweep>/multirun.yaml`` but never started).
 """
 from __future__ import annotations
@@ -42,10 +42,15 @@ def load_jobs(sweep_dir: Path) -> Jobs:
 
 
 def _overrides_of(job_dir: Path) -> list[str]:
+    """The job's overrides: ``.hydra/overrides.yaml``, or, for a job refused before it wrote anything (a bad
+    value), the ones its ``job_status.json`` recorded."""
     import yaml
 
     path = job_dir / ".hydra" / "overrides.yaml"
-    return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    if path.is_file():
+        return list(yaml.safe_load(path.read_text()) or [])
+    status = job_dir / STATUS_FILE
+    return list(json.loads(status.read_text()).get("overrides") or []) if status.is_file() else []
 
 
 def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
@@ -72,7 +77,7 @@ def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
 
 def incomplete_jobs(sweep_dir: Path, finished: set[Path]) -> list[dict[str, Any]]:
     folders = {frozenset(_overrides_of(d)): d for d in sorted(p for p in sweep_dir.iterdir() if p.is_dir())
-               if (d / ".hydra" / "overrides.yaml").is_file()}
+               if (d / ".hydra" / "overrides.yaml").is_file() or (d / STATUS_FILE).is_file()}
     planned = planned_jobs(sweep_dir)
     if planned is None:  # the folders the sweep's own jobs made (a job writes its status file)
         candidates = [(list(o), d) for o, d in folders.items() if (d / STATUS_FILE).is_file()]
@@ -95,12 +100,13 @@ class JobStatusCallback(Callback):
     so that a sweep's table tells a failed job from one that was killed."""
 
     def on_job_start(self, config, **kwargs: Any) -> None:
-        self._write(config, {"status": "running"})
+        self._write(config, {"status": "running", "overrides": list(config.hydra.overrides.task)})
 
     def on_job_end(self, config, job_return, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        record: dict[str, Any] = {"status": "completed" if job_return.status == JobStatus.COMPLETED else "failed"}
+        record: dict[str, Any] = {"status": "completed" if job_return.status == JobStatus.COMPLETED else "failed",
+                                  "overrides": list(config.hydra.overrides.task)}
         if job_return.status == JobStatus.FAILED:
             err = job_return._return_value  # the exception (``return_value`` would raise it)
             record["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"

@@ -90,7 +90,7 @@ def load_classifier(path: str | Path, key: str = "eval.classifier_checkpoint") -
     if not path.is_file():
         raise FileNotFoundError(f"{key}={path} not found: train one with evaluation.train_classifier + "
                                 f"save_classifier, or point {key} at an existing file")
-    blob = torch.load(path, map_location="cpu")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
     model = SmallClassifier(**blob["config"])
     model.load_state_dict(blob["state_dict"])
     return model.eval()
