@@ -1,7 +1,7 @@
 """FoCL's table under the protocol of docs/focl.md: each regulariser at its validation-selected weight, seeds, spread.
 
 Runs ``experiment=focl/quick`` one job at a time (threads=1), each in its own folder
-``<out>/<part>/<row>/w=<weight>/seed=<s>`` with its wall time in ``wall_s``, then prints (and writes to
+``<out>/<part>/<row>/w<weight>/seed<s>`` with its wall time in ``wall_s``, then prints (and writes to
 ``<out>/table.md``) the table:
 
 - part ``weighted``: for each regulariser the weights of ``GRID``; the weight whose mean over seeds of the
@@ -55,7 +55,7 @@ def jobs(seeds: list[int], parts: list[str]) -> list[tuple[str, str, float, int,
 
 
 def folder(out: Path, part: str, row: str, w: float, s: int) -> Path:
-    return out / part / row / f"w={w:g}" / f"seed={s}"
+    return out / part / row / f"w{w:g}" / f"seed{s}"  # no "=" in a path: Hydra reads it as an override
 
 
 def finished(job_dir: Path) -> dict | None:
