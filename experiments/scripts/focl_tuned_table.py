@@ -4,9 +4,9 @@ Runs ``experiment=focl/quick`` one job at a time (threads=1), each in its own fo
 ``<out>/<part>/<row>/w<weight>/seed<s>`` with its wall time in ``wall_s``, then prints (and writes to
 ``<out>/table.md``) the table:
 
-- part ``weighted``: for each regulariser the weights of ``GRID``; the weight whose mean over seeds of the
-  VALIDATION average accuracy (``final/val/score@measure=avg_acc``) is highest is chosen (ties: the first in
-  grid order); the row shows the TEST measures of that weight, mean ± std over seeds (n);
+- part ``weighted``: for each regulariser the weights of ``GRID``; the weight whose mean over seeds (those every
+  weight of the row has finished) of the VALIDATION average accuracy (``final/val/score@measure=avg_acc``) is
+  highest is chosen (ties: the first in grid order); the row shows the TEST measures of that weight, mean ± std over seeds (n);
 - part ``normalized``: the tuning-free protocol (``regularizer.normalize=grad``, each term's gradient at
   ``grad_ratio`` = 1 x the GAN loss's), nothing tuned;
 - a paired t-test over seeds (scipy.stats.ttest_rel) for pixel vs feature in each part.
@@ -86,8 +86,9 @@ def run_all(out: Path, todo, extra: list[str]) -> None:
 def mean_std(values: list[float]) -> str:
     if not values:
         return "—"
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"  # one seed: no spread
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def table(out: Path, seeds: list[int], parts: list[str]) -> str:
@@ -114,7 +115,10 @@ def table(out: Path, seeds: list[int], parts: list[str]) -> str:
                     runs[s] = r
                     total_wall += float((job_dir / "wall_s").read_text())
                 per_weight[w] = runs
-            scored = {w: statistics.mean(r[SELECT] for r in runs.values()) for w, runs in per_weight.items() if runs}
+            # selection compares weights on the same seeds only (a cut-short sweep may have more seeds for some)
+            common = set(seeds).intersection(*(set(runs) for runs in per_weight.values() if runs))
+            scored = {w: statistics.mean(runs[s][SELECT] for s in sorted(common)) for w, runs in per_weight.items()
+                      if runs and common}
             if not scored:
                 lines.append(f"| {row} | — | — | — | — | — | 0 | {', '.join(missing)} |")
                 continue
