@@ -167,7 +167,7 @@ class InstructionDataModule(pl.LightningDataModule):
                                 num_workers=self.num_workers, collate_fn=partial(self.collate, with_generation=False))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", False, self.eval_batch_size, False)
+        return self._loader("validation", False, self.eval_batch_size, True)  # val/em chooses the sub-model
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         main = self._loader("test", False, self.eval_batch_size, True)

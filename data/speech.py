@@ -6,9 +6,9 @@
 later run with the same audio, encoder and settings reads the shards from disk. Splits:
 
 - train: the training split, clean features (or ``train_condition``, e.g. multi-condition training);
-- val: the validation split, clean (``val/acc@condition=clean,...``);
-- test: the test split under every condition of ``conditions`` (one loader each), named by
-  ``eval_conditions("test")``: ``[{"condition": "clean"}, {"condition": "snr10_white"}, ...]``.
+- val / test: the validation / test split under every condition of ``conditions`` (one loader each), named
+  by ``eval_conditions(split)``: ``[{"condition": "clean"}, {"condition": "snr10_white"}, ...]``; the best
+  layer setting under a condition is chosen on that condition's validation accuracy, reported on its test.
 
 A batch is ``{"hidden": (L+1, B, T, C), "lengths": (B,), "labels": (B,) or (B, slots)}``; after
 ``set_layer(i)`` (a single-layer probe) ``hidden`` is that state only, (1, B, T, C). The training
@@ -125,14 +125,14 @@ class SpeechDataModule(pl.LightningDataModule):
         name = {s: f"{tag}-{s}" + (f"-n{len(waves[s])}" if (self.limit_train if s == "train" else self.limit_eval)
                                    else "") for s in splits}
         self.train_features = cache.get(name["train"], waves["train"], self.train_condition)
-        self.val_features = cache.get(name["valid"], waves["valid"], Condition())
+        self.val_features = [cache.get(name["valid"], waves["valid"], c) for c in self.conditions]
         self.test_features = [cache.get(name["test"], waves["test"], c) for c in self.conditions]
         labels = {s: torch.tensor([it.label for it in items]) for s, items in splits.items()}
         self.train_labels, self.val_labels, self.test_labels = labels["train"], labels["valid"], labels["test"]
         del upstream, cache.upstream
-        needed = Counter({(name["train"], self.train_condition.key): len(waves["train"]),
-                          (name["valid"], "clean"): len(waves["valid"])})
+        needed = Counter({(name["train"], self.train_condition.key): len(waves["train"])})
         for c in self.conditions:
+            needed[(name["valid"], c.key)] = len(waves["valid"])
             needed[(name["test"], c.key)] = len(waves["test"])
         self.stats = {
             "cache/encoder_passes": int(sum(cache.passes.values())),  # utterances sent through the encoder now
@@ -152,9 +152,7 @@ class SpeechDataModule(pl.LightningDataModule):
 
     # --- loaders --------------------------------------------------------------------------------
     def eval_conditions(self, split: str) -> list[dict[str, str]]:
-        if split == "test":
-            return [{"condition": c.key} for c in self.conditions]
-        return [{"condition": "clean"}]
+        return [{"condition": c.key} for c in self.conditions]  # val and test alike
 
     def set_layer(self, layer: int | None) -> None:
         """Loaders built from now on gather only hidden state ``layer`` ((1, B, T, C)); None: all of them."""
@@ -180,8 +178,8 @@ class SpeechDataModule(pl.LightningDataModule):
         return DataLoader(_Indices(len(features)), batch_size=self.eval_batch_size, shuffle=False,
                           collate_fn=self._collate(features, labels), num_workers=self.num_workers)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_features, self.val_labels)
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(f, self.val_labels) for f in self.val_features]
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader(f, self.test_labels) for f in self.test_features]

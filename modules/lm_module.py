@@ -1,7 +1,8 @@
 """Nested causal-LM fine-tuning (QDyLoRA; SoFT reuses it with a depth axis).
 
-Loss = next-token cross-entropy on answer tokens (prompt tokens carry label -100). Test batches
-also carry left-padded prompts: each sub-model greedily generates answers scored by exact match.
+Loss = next-token cross-entropy on answer tokens (prompt tokens carry label -100). Test and validation batches
+also carry left-padded prompts: each sub-model greedily generates answers scored by exact match (validation
+only in the grid evaluation after training, where ``best/*`` chooses on ``val/em``).
 """
 from __future__ import annotations
 
@@ -68,14 +69,24 @@ class NestedCausalLM(NestedModule):
         if "mc_input_ids" in batch:
             return {"mc_acc": self.choice_accuracy(batch)}
         metrics = {"loss": self.loss(batch)}
-        if split == "test" and self.generate and "gen_input_ids" in batch:
+        if self.generate and "gen_input_ids" in batch and self._scores_answers(split):
             preds = self.generate_answers(batch)
             scores = [self.score_fn(p, refs) for p, refs in zip(preds, batch["answers"])]
             metrics["em"] = sum(scores) / len(preds)
+            if split != "test":  # generations.jsonl holds the test answers only
+                return metrics
             prompts = self.tokenizer.batch_decode(batch["gen_input_ids"], skip_special_tokens=True)
             metrics[GENERATIONS] = [{"prompt": q, "prediction": p, "answers": list(refs), "em": s}
                                     for q, p, refs, s in zip(prompts, preds, batch["answers"], scores)]
         return metrics
+
+    def _scores_answers(self, split: str) -> bool:
+        """Exact match on test, and on validation in the grid evaluation after training (``val/em`` is what
+        ``best/*`` chooses on); the validation passes during fit stay loss-only (generation is slow)."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        return split == "test" or (split == "val" and self._trainer is not None
+                                   and self.trainer.state.fn == TrainerFn.VALIDATING)
 
     def log_cell(self, split: str, metrics, cell: SubModel, batch_size: int, **kwargs: Any) -> None:
         """Log the metrics; the generations that come with them are kept per cell instead (not a metric)."""

@@ -92,7 +92,7 @@ def test_every_paper_with_runs_gets_its_table_and_the_others_are_listed_with_the
 def test_cells_are_mean_and_std_over_seeds_beside_the_paper_rows(results):
     root, _ = results
     q = _md_rows((root / "tables" / "qdylora_ranks.md").read_text())
-    assert q["dylora"] == ["0.310 ± 0.141", "0.320 ± 0.141", "0.340 ± 0.141", "0.380 ± 0.141"]
+    assert q["dylora"] == ["0.310 ± 0.141 (n=2)", "0.320 ± 0.141 (n=2)", "0.340 ± 0.141 (n=2)", "0.380 ± 0.141 (n=2)"]
     assert q["lora"] == ["0.500"] * 4  # one fixed-rank run per cell: no spread
     k = _md_rows((root / "tables" / "krona_glue.md").read_text())
     # CoLA scored by its own metric (MCC), SST-2 by accuracy, x100; avg over the tasks; the params and latency columns
@@ -109,7 +109,7 @@ def test_cells_are_mean_and_std_over_seeds_beside_the_paper_rows(results):
     assert soft["soft/quick"] == ["0.460", "0.520"] and soft["soft/sft_quick"] == ["0.160", "0.220"]
     judge = _md_rows((root / "tables" / "soft_exits_judge.md").read_text())
     assert judge["soft/quick"] == ["0.250", "0.000"] and "soft/sft_quick" not in judge  # only the judged run
-    assert "mean ± std over 1 run " in (root / "tables" / "soft_exits_judge.md").read_text()  # the SFT run logged none
+    assert "Runs: 1 (soft/quick)" in (root / "tables" / "report.md").read_text()  # the SFT run logged none
     assert "Runs: 1 (soft/quick). Sweep" in (root / "tables" / "report.md").read_text()
     kn = _md_rows((root / "tables" / "kngpt2_ppl.md").read_text())
     assert kn["compression"] == ["distill", "data=pydoc_text", "params (distinct)", "compression ratio"]
@@ -127,10 +127,10 @@ def test_csv_is_numeric_latex_escapes_and_plots_are_pngs(results):
     root, _ = results
     with (root / "tables" / "qdylora_ranks.csv").open() as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["adapter", "rank=1 mean", "rank=1 std", "rank=2 mean", "rank=2 std", "rank=4 mean",
-                       "rank=4 std", "rank=8 mean", "rank=8 std"]
+    assert rows[0] == ["adapter", *[f"rank={b} {x}" for b in (1, 2, 4, 8) for x in ("mean", "std", "n")]]
     dylora = next(r for r in rows if r[0] == "dylora")
     assert float(dylora[1]) == pytest.approx(0.31) and float(dylora[2]) == pytest.approx(math.sqrt(0.02))
+    assert dylora[3] == "2"  # two seeds
     assert next(r for r in rows if r[0] == "lora")[2] == ""  # one run: no std
     tex = (root / "tables" / "krona_glue.tex").read_text()
     assert r"\% trainable" in tex and r"data=glue\_cola" in tex and r"\begin{tabular}" in tex
@@ -146,7 +146,7 @@ def test_html_report_is_one_self_contained_file_with_the_plots_inline(results):
     assert len(images) == 5
     assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert not re.search(r"(src|href)=['\"](?!data:)", html)  # no external asset
-    assert html.count("<table>") == 10 and "<td>0.310 ± 0.141</td>" in html
+    assert html.count("<table>") == 10 and "<td>0.310 ± 0.141 (n=2)</td>" in html
     md = report["markdown"].read_text()
     assert md.count("![") == 5 and "(qdylora_ranks.png)" in md
 

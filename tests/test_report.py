@@ -34,11 +34,11 @@ def test_paper_table_pools_seeds_and_fills_cells_from_fixed_rank_runs(sweep):
                                reference={"QDyLoRA": {1: 0.25}})
     assert header == ["adapter", "rank=1", "rank=2"]
     dylora, lora, paper = rows
-    assert dylora[0] == "dylora" and dylora[1] == pytest.approx((0.3, 0.1414213), abs=1e-6)
+    assert dylora[0] == "dylora" and dylora[1] == pytest.approx((0.3, 0.1414213, 2), abs=1e-6)  # (mean, std, n)
     assert lora[1][0] == 0.3 and lora[2][0] == 0.5 and math.isnan(lora[1][1])  # one run: no spread
     assert paper == ["QDyLoRA (paper)", 0.25, None]
     md = render(header, rows)
-    assert "| dylora | 0.300 ± 0.141 | 0.500 ± 0.141 |" in md
+    assert "| dylora | 0.300 ± 0.141 (n=2) | 0.500 ± 0.141 (n=2) |" in md
     assert "| lora | 0.300 | 0.500 |" in md
     assert r"$\pm$" in render(header, rows, "latex")
 

@@ -30,8 +30,13 @@ def test_train_writes_a_self_describing_run_folder(trained):
     for b in (1, 2, 4):
         for name in ("val/loss", "test/loss", "test/ppl", "test/em"):
             assert f"{name}@rank={b}" in results
-    assert results["best/submodel"] in {"rank=1", "rank=2", "rank=4"}
-    assert results["best/test/em"] == max(results[f"test/em@rank={b}"] for b in (1, 2, 4))
+    # chosen on validation exact match (first of equal scores in grid order), reported with ITS test score
+    val = {f"rank={b}": results[f"val/em@rank={b}"] for b in (1, 2, 4)}
+    chosen = max(val, key=val.get)
+    assert results["best/submodel"] == chosen and results["best/val/em"] == val[chosen]
+    assert results["best/test/em"] == results[f"test/em@{chosen}"]
+    assert (f"best (on val/em): {chosen} val/em={val[chosen]:.4f} test/em={results[f'test/em@{chosen}']:.4f}"
+            in proc.stdout)
     assert "auc/test/em" in results
     # peak memory: the process RSS on a CPU (a torch process is >100 MiB; RSS peaks never go down)
     assert results["memory/kind"] == "cpu_peak_rss" and results["memory/train_peak_mib"] > 100

@@ -46,7 +46,7 @@ def test_a_search_killed_during_trial_k_resumes_at_trial_k_from_its_storage(env,
     assert trials[1].params == killed[1].params  # trial 1 continued with its own parameters
     assert first.read_bytes() == first_bytes and first.stat().st_mtime_ns == first_mtime  # trial 0 not rerun
     for t in trials:  # each trial's value is its run's objective, in the folder named by its number
-        assert t.value == json.loads((sweep / str(t.number) / "results.json").read_text())["best/test/loss"]
+        assert t.value == json.loads((sweep / str(t.number) / "results.json").read_text())["best/val/loss"]
     assert _study(sweep).direction.name == "MINIMIZE"  # from eval.higher_is_better=false
     best = (sweep / "optimization_results.yaml").read_text()
     assert f"best_value: {min(t.value for t in trials)}" in best
@@ -68,3 +68,29 @@ def test_each_papers_search_composes_with_its_quick_preset_and_names_real_keys(p
     assert len(space) >= 2 and all(isinstance(d, BaseDistribution) for d in space.values())
     for key in [*space, *fixed]:  # a config group or an option of the composed config (a typo fails late)
         assert (ROOT / "conf" / key).is_dir() or OmegaConf.select(cfg, key) is not None, key
+
+
+SEARCHES = sorted(p.stem for p in (ROOT / "conf" / "search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("paper", SEARCHES)
+def test_every_search_optimises_a_validation_metric_named_in_its_header(paper):
+    """The objective is the run's return value: the header comment names it, and it is a validation key."""
+    import re
+
+    from experiments.results.files import objective_key
+
+    header = (ROOT / "conf" / "search" / f"{paper}.yaml").read_text().split("defaults:")[0]
+    header = header.replace("\n#", " ").replace("<data.metric>", "<data_metric>")
+    named = re.search(r"objective (\S+?)[\s,.(]", header)
+    assert named, f"conf/search/{paper}.yaml: the header comment must name its objective"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={paper}/quick", f"search={paper}"])
+    # what the run returns: continual runs return eval.metric itself (no sub-models), the others the validation
+    # score of the sub-model chosen on validation (under the first condition for speech)
+    returned = cfg.eval.metric if cfg.paradigm == "continual" else objective_key(cfg.eval.metric)
+    if cfg.paradigm == "speech":
+        returned += f"@condition={cfg.corruption.conditions[0]}"
+    name = named.group(1).replace("<data_metric>", str(OmegaConf.select(cfg, "data.metric")))
+    assert name == returned, f"conf/search/{paper}.yaml names {name}, the run returns {returned}"
+    assert returned.startswith(("val/", "best/val/")), f"{paper}: objective {returned} is not a validation metric"

@@ -51,7 +51,7 @@ def test_each_budget_picks_the_best_submodel_that_fits_and_exports_its_rank_b_ad
     run_dir, results = finished
     limit = results[f"{kind}@rank=2"]  # ranks 1 and 2 fit (latency: whichever ranks were that fast)
     fits = [b for b in (1, 2, 4) if results[f"{kind}@rank={b}"] <= limit]
-    want = min(fits, key=lambda b: (results[f"test/loss@rank={b}"], results[f"{kind}@rank={b}"]))
+    want = min(fits, key=lambda b: (results[f"val/loss@rank={b}"], results[f"{kind}@rank={b}"]))  # chosen on val
     chosen = _select(run_dir, **{kind: limit})
     assert chosen["submodel"] == f"rank={want}" and chosen["costs"][kind] <= limit
     folder = run_dir / "selected" / f"rank_{want}"
@@ -89,11 +89,12 @@ def test_a_sweep_folder_pools_every_jobs_submodels(tmp_path):
             {"paradigm": "vision", "eval": {"metric": "test/acc", "higher_is_better": True}}))
         (folder / "results.json").write_text(json.dumps(
             {f"{k}@width={w}": v for w in (16, 32) for k, v in
-             (("test/acc", acc + w / 100), ("macs", 100 * w), ("params", 10 * w))}))
+             (("val/acc", acc + w / 100), ("test/acc", 1 - w / 100), ("macs", 100 * w), ("params", 10 * w))}))
     from experiments.results.select import select_task
 
     chosen = select_task(OmegaConf.create({"select": {"run_dir": str(tmp_path), "budget": {"flops": 2 * 100 * 16}}}))
     assert chosen["submodel"] == "width=16" and chosen["run_dir"] == str(tmp_path / "1")
+    assert chosen["metric"] == "val/acc" and chosen["test_score"] == pytest.approx(0.84)  # its test value, reported
     assert chosen["score"] == pytest.approx(0.86) and chosen["costs"] == {"params": 160, "flops": 3200, "latency_ms": None,
                                                                           "memory_mb": None}
     assert json.loads((tmp_path / "1" / "selected" / "selection.json").read_text())["exported"] == []

@@ -50,8 +50,9 @@ def test_through_run_py_the_choice_is_explained_per_submodel(finished, env, tmp_
                 "select.export_dir=picked", f"hydra.run.dir={tmp_path}"], env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "| sub-model | params | flops | latency_ms | memory_mb | test/em | fits |" in out
+    assert "| sub-model | params | flops | latency_ms | memory_mb | val/em (chosen on) | test/em | fits |" in out
     assert "| → depth=1 |" in out and out.count("| yes |") == 1 and out.count("| no |") == 1  # exit 2 is over it
     chosen = json.loads((run_dir / "picked" / "selection.json").read_text())
-    assert chosen["metric"] == "test/em" and chosen["submodel"] == "depth=1"
+    assert chosen["metric"] == "val/em" and chosen["test_metric"] == "test/em" and chosen["submodel"] == "depth=1"
+    assert chosen["test_score"] == results["test/em@depth=1"]
     assert (run_dir / "picked" / "depth_1" / "config.json").exists()

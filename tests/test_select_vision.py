@@ -41,7 +41,7 @@ def test_a_budget_picks_the_best_fitting_subnetwork_and_exports_its_standalone_v
     run_dir, results = finished
     limit = sorted(results[f"{kind}@{k}"] for k in GRID)[1]  # the two cheapest fit
     fits = [k for k in GRID if results[f"{kind}@{k}"] <= limit]
-    want = min(fits, key=lambda k: (results[f"test/loss@{k}"], results[f"{kind}@{k}"]))
+    want = min(fits, key=lambda k: (results[f"val/loss@{k}"], results[f"{kind}@{k}"]))  # chosen on validation
     chosen = _select(run_dir, **{kind: limit})
     assert chosen["submodel"] == want
     folder = run_dir / "selected" / want.replace("=", "_").replace(",", "_")

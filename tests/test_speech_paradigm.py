@@ -62,7 +62,12 @@ def test_every_layer_and_condition_is_scored_and_plotted(first_run):
     assert "test/acc@condition=clean,layer=1" not in results  # only the requested layer settings
     weights = [results[f"weights/layer_{i}"] for i in range(3)]  # 2 layers + embeddings
     assert sum(weights) == pytest.approx(1.0, abs=1e-5) and max(weights) - min(weights) > 0  # trained, not uniform
-    assert results["best/submodel@condition=clean"] in {"layer=-1", "layer=0", "layer=2"}
+    for condition in CONDITIONS:  # chosen on the condition's validation accuracy, reported on its test
+        best = results[f"best/submodel@condition={condition}"]
+        assert best in {"layer=-1", "layer=0", "layer=2"}
+        val = {layer: results[f"val/acc@condition={condition},layer={layer}"] for layer in (-1, 0, 2)}
+        assert results[f"val/acc@condition={condition},{best}"] == max(val.values())
+        assert results[f"best/test/acc@condition={condition}"] == results[f"test/acc@condition={condition},{best}"]
     for name in ("accuracy_per_layer.png", "accuracy_per_condition.png", "layer_weights.png", "probes.md",
                  "results.md", "run_info.json", "probes/weighted/metrics.json", "probes/layer_2/checkpoints/last.ckpt",
                  "csv/layer_0/metrics.csv"):
@@ -75,15 +80,15 @@ def test_cache_encodes_each_utterance_once_per_condition_and_is_reused(first_run
                                                                         corpus):
     run_dir, _ = first_run
     cache = json.loads((run_dir / "cache.json").read_text())
-    # 4 words x 4 training speakers; 4 validation and 4 test clips; test under 3 conditions
-    expected = {"speech_commands-train@clean": 16, "speech_commands-valid@clean": 4,
+    # 4 words x 4 training speakers; 4 validation and 4 test clips, both under 3 conditions
+    expected = {"speech_commands-train@clean": 16, **{f"speech_commands-valid@{c}": 4 for c in CONDITIONS},
                 **{f"speech_commands-test@{c}": 4 for c in CONDITIONS}}
     assert cache["passes"] == expected
-    assert cache["cache/encoder_passes"] == cache["cache/utterance_conditions"] == 32
+    assert cache["cache/encoder_passes"] == cache["cache/utterance_conditions"] == 40
     again = run(tiny_args(tiny_whisper, corpus, tmp_path / "run2", layers="[1]"), env)  # another run, same audio
     assert again.returncode == 0, again.stderr[-3000:]
     second = json.loads((tmp_path / "run2" / "cache.json").read_text())
-    assert second["cache/encoder_passes"] == 0 and second["passes"] == {} and second["cache/shards_reused"] == 5
+    assert second["cache/encoder_passes"] == 0 and second["passes"] == {} and second["cache/shards_reused"] == 7
     results = json.loads((tmp_path / "run2" / "results.json").read_text())
     assert sorted(k for k in results if k.startswith("test/acc@")) == \
         sorted(f"test/acc@condition={c},layer=1" for c in CONDITIONS)

@@ -39,7 +39,9 @@ def run_task(cfg: DictConfig) -> Any:
     done = paradigm.finished_results(ctx)
     if done is not None:  # rerunning a finished run (or sweep job) on its folder: keep what is there
         print(f"already finished: {ctx.run_dir / 'results.json'} (checkpoint.resume=false reruns it)")
-        return done.get(f"best/{cfg.eval.metric}")
+        from experiments.results.files import objective_key
+
+        return done.get(objective_key(cfg.eval.metric))
     return paradigm.run(ctx)
 
 

@@ -122,7 +122,7 @@ class Paradigm:
     def finish(self, ctx: RunContext, module, metrics: dict[str, Any], trainer) -> float | None:
         """results.json + table + plot, the paradigm's exports, the printed summary, W&B."""
         from experiments.core.loggers import finish_wandb
-        from experiments.results.files import write_results
+        from experiments.results.files import best_line, objective_key, write_results
 
         if not trainer.is_global_zero:
             return None
@@ -130,16 +130,14 @@ class Paradigm:
         exported = self.after_eval(ctx.cfg, module, metrics, ctx.run_dir)
         write_results(ctx.run_dir, metrics, self.PLOT_METRICS)  # after_eval may add keys (costs per sub-model)
         print(f"\nResults per sub-model ({ctx.run_dir}):\n{table}")
-        metric = ctx.cfg.eval.metric
-        if "best/submodel" in metrics:
-            print(f"best: {metrics['best/submodel']}  {metric}={metrics['best/' + metric]:.4f}")
+        print(best_line(metrics, ctx.cfg.eval.metric))
         if "memory/train_peak_mib" in metrics:
             print(f"peak memory ({metrics['memory/kind']}): train {metrics['memory/train_peak_mib']:.0f} MiB, "
                   f"evaluation {metrics['memory/eval_peak_mib']:.0f} MiB")
         for path in exported:
             print(f"exported: {path}")
         finish_wandb(trainer, metrics)
-        return metrics.get(f"best/{metric}")
+        return metrics.get(objective_key(ctx.cfg.eval.metric))
 
     def evaluate_checkpoint(self, ctx: RunContext) -> float | None:
         """``task=eval``: rebuild from config, load a train run's checkpoint, evaluate and finish."""

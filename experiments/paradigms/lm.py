@@ -226,7 +226,14 @@ def depth_axis(cfg: DictConfig) -> dict[str, list[int]]:
     if truncate is not None and random_layers is not None and truncate > random_layers:
         raise ConfigError(f"depth.truncate={truncate} is beyond the model's {random_layers} layers; "
                           f"valid: 1..{random_layers}")
+    for key, null in (("exits", "no depth axis"), ("eval_exits", "the exits")):
+        if get(cfg, f"depth.{key}") is not None and len(get(cfg, f"depth.{key}")) == 0:
+            raise ConfigError(f"depth.{key}=[] is empty; give at least one exit, e.g. [6, 12, 18, 24], "
+                              f"or null ({null})")
     if not exits:
+        if get(cfg, "depth.eval_exits"):
+            raise ConfigError(f"depth.eval_exits={list(get(cfg, 'depth.eval_exits'))} needs a depth axis to evaluate; "
+                              "set depth.exits too, e.g. depth.exits=[6, 12, 18, 24]")
         return {}
     layers = truncate or random_layers  # known before loading: a random config's depth, or the truncation
     what = "the truncated model's" if truncate else "the model's"

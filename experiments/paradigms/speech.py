@@ -3,17 +3,19 @@
 ``run`` overrides the default pipeline:
 
 1. the datamodule builds the feature cache once (``data/speech.py``): one encoder pass per utterance and
-   condition (training split clean or ``corruption.train_condition``, validation clean, test under every
+   condition (training split clean or ``corruption.train_condition``, validation and test under every
    condition of ``corruption.conditions``); a later run with the same audio, encoder and settings reuses it;
 2. one probe (``modules/probe_module.py``: featurizer + head, Adam) is fitted per setting of
-   ``probe.layers`` (``all`` = the weighted sum and every hidden state 0..L), validated on the clean
-   validation split and tested under every condition. Each probe has its own folder
+   ``probe.layers`` (``all`` = the weighted sum and every hidden state 0..L), validated and tested under
+   every condition. Each probe has its own folder
    (``probes/<weighted|layer_<i>>/``: checkpoints, ``metrics.json``); a rerun on the run folder skips the
    finished probes and continues an unfinished one from its last checkpoint;
 3. ``results.json`` holds every (layer, condition) metric, ``test/acc@condition=<c>,layer=<i>``, where the
    layer axis is an integer and **``layer=-1`` is the weighted sum** (conditions are strings, as every
    evaluation condition of the spine), the learned weights of the weighted sum (``weights/layer_<i>``), the
-   best layer setting per condition (``best/submodel@condition=<c>``) and the cache's counts
+   best layer setting per condition, chosen on that condition's validation accuracy and reported with its
+   test accuracy (``best/submodel@condition=<c>``, ``best/val/acc@...``, ``best/test/acc@...``); the run
+   returns ``best/val/acc`` under the first condition (a search's objective); and the cache's counts
    (``cache/encoder_passes``: utterances encoded by this run; 0 when the cache was complete);
    ``probes.md``/``.csv`` (layer x condition accuracy) and three PNGs: ``accuracy_per_layer.png``,
    ``accuracy_per_condition.png``, ``layer_weights.png``.
@@ -194,8 +196,8 @@ def accuracy_grid(metrics: dict[str, Any], metric: str = "test/acc") -> dict[int
 
 def probe_table(metrics: dict[str, Any], conditions: list[str]) -> tuple[list[str], list[list[Any]]]:
     test, val = accuracy_grid(metrics), accuracy_grid(metrics, "val/acc")
-    header = ["layer", "val/acc@clean", *[f"test/acc@{c}" for c in conditions]]
-    rows = [["weighted" if layer == WEIGHTED else layer, val.get(layer, {}).get("clean"),
+    header = ["layer", f"val/acc@{conditions[0]}", *[f"test/acc@{c}" for c in conditions]]
+    rows = [["weighted" if layer == WEIGHTED else layer, val.get(layer, {}).get(conditions[0]),
              *[test[layer].get(c) for c in conditions]] for layer in test]
     return header, rows
 
@@ -322,7 +324,8 @@ class SpeechParadigm(Paradigm):
         import lightning.pytorch as pl
 
         from experiments.core.loggers import finish_wandb
-        from experiments.results.files import markdown_table, summarize, write_csv, write_results, write_run_info
+        from experiments.results.files import (best_line, markdown_table, objective_key, summarize, write_csv,
+                                               write_results, write_run_info)
 
         cfg = ctx.cfg
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -343,7 +346,7 @@ class SpeechParadigm(Paradigm):
             out, trainer = self.fit_probe(ctx, datamodule, layer)
             metrics.update(out)
         metrics["time/probes_s"] = time.perf_counter() - start
-        summary = summarize(metrics, "test/acc", True)
+        summary = summarize(metrics, cfg.eval.metric, bool(cfg.eval.higher_is_better))
         metrics.update({k: v for k, v in summary.items() if not k.startswith("auc/")})  # no area over layer indices
         conditions = [c.key for c in datamodule.conditions]
         write_results(ctx.run_dir, metrics, ())
@@ -354,6 +357,8 @@ class SpeechParadigm(Paradigm):
         title = f"{get(cfg, 'model.name_or_path')} on {get(cfg, 'data.task')}"
         plots = plot_probes(metrics, conditions, ctx.run_dir, title)
         print(f"\nAccuracy per layer (rows; W = weighted sum = layer=-1) and condition ({ctx.run_dir}):\n{table}")
+        for c in conditions:
+            print(best_line(metrics, cfg.eval.metric, f"@condition={c}"))
         weights = [metrics[k] for k in sorted((k for k in metrics if k.startswith("weights/layer_")),
                                               key=lambda k: int(k.split("_")[-1]))]
         if weights:
@@ -362,7 +367,7 @@ class SpeechParadigm(Paradigm):
             print(f"plot: {path}")
         if trainer is not None:
             finish_wandb(trainer, metrics)
-        return metrics.get("best/test/acc@condition=clean")
+        return metrics.get(f"{objective_key(cfg.eval.metric)}@condition={conditions[0]}")  # the first condition
 
     def fit_probe(self, ctx, datamodule, layer: int) -> tuple[dict[str, Any], Any]:
         """One probe: fit (continuing from its folder's last checkpoint), validate, test every condition."""

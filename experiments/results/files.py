@@ -61,26 +61,62 @@ def write_run_info(run_dir: Path, seed: int, overrides: list[str], init_from: di
     write_json(run_dir / "run_info.json", info)
 
 
+def split_of(metric: str) -> tuple[str, str]:
+    """``test/em`` -> ("test", "em"); the split is ``val`` or ``test``."""
+    split, _, name = metric.partition("/")
+    if split not in ("val", "test") or not name:
+        raise ValueError(f"eval.metric={metric} must name a split: val/<metric> or test/<metric>")
+    return split, name
+
+
+def objective_key(metric: str) -> str:
+    """What a run returns (a search's objective): the validation score of the sub-model chosen on validation."""
+    return f"best/val/{split_of(metric)[1]}"
+
+
 def summarize(metrics: Mapping[str, float], metric: str, higher_is_better: bool = True) -> dict[str, Any]:
-    """Best sub-model by ``metric`` and the area under the metric curve over the first axis, per evaluation
-    condition (``best/submodel@testset=ood``; plain keys for the default test set)."""
+    """Choose on validation, report on test, per evaluation condition.
+
+    ``metric`` names m (``test/em`` or ``val/em``). ``best/submodel`` is the sub-model best on ``val/m``
+    (ties: the first in grid order), ``best/val/m`` its validation value and ``best/test/m`` ITS test value
+    (not the maximum over test). A test condition (``testset=ood``) is chosen on the validation cells of the
+    same condition, or on the plain validation cells when validation has no such condition (MNLI's two test
+    sets share one validation split). No validation cells: no ``best/*`` for that condition. ``auc/test/m``
+    is the area under the whole test curve over the first axis (a description of every sub-model, no choice).
+    """
     from modules.metrics import area_under_curve
 
-    by_condition: dict[SubModel, dict[SubModel, float]] = {}
+    name = split_of(metric)[1]
+    cells: dict[str, dict[SubModel, dict[SubModel, float]]] = {"val": {}, "test": {}}
     for key, value in metrics.items():
-        name, cell = split_metric_key(key)
-        if name == metric:
-            by_condition.setdefault(cell.condition, {})[cell.submodel] = value
+        base, cell = split_metric_key(key)
+        split, _, rest = base.partition("/")
+        if rest == name and split in cells:
+            cells[split].setdefault(cell.condition, {})[cell.submodel] = value
     pick = max if higher_is_better else min
     summary: dict[str, Any] = {}
-    for condition, per_sub in sorted(by_condition.items(), key=lambda kv: kv[0].sort_key):
+    for condition, test in sorted(cells["test"].items(), key=lambda kv: kv[0].sort_key):
         at = f"@{condition.key}" if condition.dims else ""
-        best = pick(per_sub, key=per_sub.get)
-        summary[f"best/submodel{at}"], summary[f"best/{metric}{at}"] = best.key, per_sub[best]
-        if best.dims and len(best.dims) == 1 and len(per_sub) > 1:
-            points = sorted((s.dims[0][1], v) for s, v in per_sub.items())
-            summary[f"auc/{metric}{at}"] = area_under_curve([p[0] for p in points], [p[1] for p in points])
+        val = cells["val"].get(condition, cells["val"].get(SubModel(()), {}))
+        candidates = sorted((s for s in test if s in val), key=lambda s: s.sort_key)  # grid order
+        if candidates:
+            best = pick(candidates, key=val.get)  # the first of equal scores
+            summary[f"best/submodel{at}"] = best.key
+            summary[f"best/val/{name}{at}"], summary[f"best/test/{name}{at}"] = val[best], test[best]
+        first = next(iter(test))
+        if first.dims and len(first.dims) == 1 and len(test) > 1:
+            points = sorted((s.dims[0][1], v) for s, v in test.items())
+            summary[f"auc/test/{name}{at}"] = area_under_curve([p[0] for p in points], [p[1] for p in points])
     return summary
+
+
+def best_line(metrics: Mapping[str, Any], metric: str, at: str = "") -> str:
+    """The printed summary: ``best (on val/em): rank=4 val/em=0.3125 test/em=0.2708``."""
+    name = split_of(metric)[1]
+    if f"best/submodel{at}" not in metrics:
+        return f"best: none chosen (no val/{name}{at} beside test/{name}{at} in the results)"
+    return (f"best (on val/{name}): {metrics[f'best/submodel{at}'] or 'full'}{' ' + at[1:] if at else ''} "
+            f"val/{name}={metrics[f'best/val/{name}{at}']:.4f} test/{name}={metrics[f'best/test/{name}{at}']:.4f}")
 
 
 def submodel_table(metrics: Mapping[str, float]) -> tuple[list[str], list[list[Any]]]:

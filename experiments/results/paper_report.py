@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments.core.config import ConfigError
-from experiments.results.sweep import format_cell
-from experiments.results.tables import find_jobs, jobs_of, load_spec, meta_of, spec_names, write_table
+from experiments.results.tables import cell_text, find_jobs, jobs_of, load_spec, meta_of, spec_names, write_table
 
 
 def write_paper_report(results_dir: Path, names: Sequence[str] | None = None,
@@ -75,9 +74,9 @@ def _html(title: str, results_dir: Path, jobs: list, rendered: list, skipped: li
         spec = table["spec"]
         body.append(f"<h2>{e(str(spec.get('title') or spec['name']))}</h2>")
         head = "".join(f"<th>{e(h)}</th>" for h in table["header"])
-        rows = "".join("<tr>" + "".join(f"<td>{e(format_cell(c, 3))}</td>" for c in row) + "</tr>" for row in table["rows"])
+        rows = "".join("<tr>" + "".join(f"<td>{e(cell_text(c, 3))}</td>" for c in row) + "</tr>" for row in table["rows"])
         body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        body.append(f"<p class='meta'>{e(meta_of(spec, table['jobs']))}</p><p class='meta'>{e(_runs(table))}</p>")
+        body.append(f"<p class='meta'>{e(meta_of(spec, table['jobs'], table['rows'], table.get('tuned')))}</p><p class='meta'>{e(_runs(table))}</p>")
         if table["png"]:
             data = base64.b64encode(Path(table["png"]).read_bytes()).decode()
             body.append(f"<img alt='{e(spec['name'])}' src='data:image/png;base64,{data}'>")

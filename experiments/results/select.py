@@ -2,8 +2,9 @@
 
 Every evaluated sub-model of the run (of every job of a sweep) is a candidate with the costs its run logged
 (``params@<sub>``, ``flops@<sub>`` or 2 x ``macs@<sub>``, ``latency_ms@<sub>``, ``memory_mb@<sub>``) and its
-score (``select.metric``, by default the run's ``eval.metric``); the candidates within every budget given
-compete on the score. The choice is printed as a table (each candidate, its costs, its score, whether it
+scores: the candidates within every budget given compete on the VALIDATION value of ``select.metric`` (by
+default the run's ``eval.metric``: ``test/em`` or ``val/em`` both choose on ``val/em``), and the choice's test
+value is reported beside it (never chosen on). The choice is printed as a table (each candidate, its costs, its score, whether it
 fits), written to ``<run>/<select.export_dir>/selection.json``, and the sub-model is exported through the
 run's paradigm (``Paradigm.export_submodel``: the rank-b PEFT adapter of a nested LoRA, a standalone ViT of
 a SortedNet sub-network) into ``<run>/<select.export_dir>/<sub-model>/``. No search, no retraining: this is
@@ -45,19 +46,23 @@ class SelectSchema:
 
 
 def candidates(job: dict[str, Any], metric: str) -> list[dict[str, Any]]:
-    """One per sub-model that has ``metric`` (default test set only), with the costs the run logged."""
-    metrics = job["metrics"]
+    """One per sub-model that has ``val/<m>`` of ``metric`` (default condition only): its validation score,
+    its test value (reported, not chosen on) and the costs the run logged."""
+    from experiments.results.files import split_of
+
+    metrics, m = job["metrics"], split_of(metric)[1]
     out = []
     for key, value in metrics.items():
         name, cell = split_metric_key(key)
-        if name != metric or cell.condition.dims or not isinstance(value, (int, float)):
+        if name != f"val/{m}" or cell.condition.dims or not isinstance(value, (int, float)):
             continue
         sub = cell.submodel
         at = f"@{sub.key}" if sub.dims else ""
         costs = {c: metrics.get(f"{c}{at}") for c in COSTS}
         if costs["flops"] is None and isinstance(metrics.get(f"macs{at}"), (int, float)):
             costs["flops"] = 2.0 * metrics[f"macs{at}"]  # a multiply-add is two FLOPs
-        out.append({"job": job, "sub": sub, "score": float(value), "costs": costs})
+        out.append({"job": job, "sub": sub, "score": float(value), "test": metrics.get(f"test/{m}{at}"),
+                    "costs": costs})
     return out
 
 
@@ -104,14 +109,18 @@ def _num(v: Any) -> str:
 def explain(cands: list[dict[str, Any]], metric: str, chosen: dict[str, Any]) -> str:
     from experiments.results.files import markdown_table
 
+    from experiments.results.files import split_of
+
+    m = split_of(metric)[1]
     rows = [[("→ " if c is chosen else "") + _name(c), *[_num(c["costs"][k]) for k in COSTS], f"{c['score']:.4f}",
-             "yes" if c["fits"] else "no"] for c in sorted(cands, key=lambda c: (str(c["job"]["dir"]), c["sub"].sort_key))]
-    return markdown_table(["sub-model", *COSTS, metric, "fits"], rows)
+             _num(c["test"]), "yes" if c["fits"] else "no"]
+            for c in sorted(cands, key=lambda c: (str(c["job"]["dir"]), c["sub"].sort_key))]
+    return markdown_table(["sub-model", *COSTS, f"val/{m} (chosen on)", f"test/{m}", "fits"], rows)
 
 
 def select_task(cfg: DictConfig) -> dict[str, Any]:
     from experiments import paradigms
-    from experiments.results.files import write_json
+    from experiments.results.files import split_of, write_json
     from experiments.results.tables import find_jobs
 
     check(cfg, "select", SelectSchema)
@@ -126,19 +135,25 @@ def select_task(cfg: DictConfig) -> dict[str, Any]:
     budget = {k: float(v) for k, v in (OmegaConf.to_container(cfg.select.budget) or {}).items() if v is not None}
     first = _config_of(jobs[0]["dir"])
     metric = get(cfg, "select.metric") or str(first.eval.metric)
+    try:
+        m = split_of(metric)[1]
+    except ValueError:
+        raise ConfigError(f"select.metric={metric}: name a split and a metric, e.g. test/{metric} (chosen on "
+                          f"val/{metric}, reported on test/{metric})") from None
     higher = get(cfg, "select.higher_is_better")
     higher = bool(first.eval.get("higher_is_better", True)) if higher is None else bool(higher)
     cands = [c for job in jobs for c in candidates(job, metric)]
     if not cands:
-        raise ConfigError(f"select.metric={metric!r}: no sub-model of {source} has it; give a metric the run "
-                          f"logged per sub-model, e.g. {next(iter(jobs[0]['metrics']))}")
+        raise ConfigError(f"select.metric={metric!r}: no sub-model of {source} has val/{m} (the choice is made on "
+                          f"validation); give a metric the run logged on both splits, e.g. "
+                          f"{next((k for k in jobs[0]['metrics'] if k.startswith('val/')), 'val/loss')}")
     for c in cands:
         c["single"] = len(jobs) == 1
     chosen = choose(cands, budget, higher, source)
-    print(f"candidates ({metric}, {'higher' if higher else 'lower'} is better; budget: "
+    print(f"candidates (chosen on val/{m}, {'higher' if higher else 'lower'} is better; budget: "
           f"{', '.join(f'{k} <= {v:g}' for k, v in budget.items()) or 'none'}):\n{explain(cands, metric, chosen)}")
     sub, job_dir = chosen["sub"], chosen["job"]["dir"]
-    print(f"selected: {sub.key or 'full'} of {job_dir}  {metric}={chosen['score']:.4f}  " +
+    print(f"selected: {sub.key or 'full'} of {job_dir}  val/{m}={chosen['score']:.4f}  test/{m}={_num(chosen['test'])}  " +
           "  ".join(f"{k}={_num(v)}" for k, v in chosen["costs"].items() if v is not None))
     out = job_dir / str(get(cfg, "select.export_dir") or "selected")
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +163,8 @@ def select_task(cfg: DictConfig) -> dict[str, Any]:
     if sub.dims and (job_dir / "checkpoints" / "last.ckpt").exists():
         module = paradigm.trained_module(run_cfg, job_dir)
         written = paradigm.export_submodel(run_cfg, module, sub, out / (sub.key.replace("=", "_").replace(",", "_")))
-    selection = {"submodel": sub.key, "run_dir": str(job_dir), "metric": metric, "score": chosen["score"],
+    selection = {"submodel": sub.key, "run_dir": str(job_dir), "metric": f"val/{m}", "score": chosen["score"],
+                 "test_metric": f"test/{m}", "test_score": chosen["test"],
                  "costs": chosen["costs"], "budget": budget, "exported": [str(p) for p in written]}
     write_json(out / "selection.json", selection)
     for path in written:

@@ -2,7 +2,8 @@
 
 ``hydra/sweeper=optuna_resumable`` (conf/hydra/sweeper/) is the Optuna sweeper plugin with three changes:
 
-- the objective is the run's return value, ``best/<eval.metric>``, so the direction follows
+- the objective is the run's return value, a validation score (``best/val/<m>``: the validation value of the
+  sub-model chosen on validation, experiments/results/files.py ``objective_key``), so the direction follows
   ``eval.higher_is_better`` (maximize / minimize) instead of a second setting that could disagree;
 - the study lives in ``<hydra.sweep.dir>/optuna.db`` (SQLite) under the experiment's ``name``, unless
   ``hydra.sweeper.storage`` / ``study_name`` say otherwise;

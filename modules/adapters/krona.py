@@ -267,6 +267,9 @@ class KronA(Adapter):
         r_max = int(options.get("r_max", 1))
         if options.get("r_min") and options["r_min"] > r_max:
             raise AdapterError(f"adapter.r_min={options['r_min']} must be <= adapter.r_max={r_max}")
+        if options.get("eval_ranks") is not None and len(options["eval_ranks"]) == 0:
+            raise AdapterError("adapter.eval_ranks=[] is empty; give null (the trained ranks r_min..r_max) or a "
+                               f"non-empty list of Kronecker ranks between 1 and {r_max}")
         for i, k in enumerate(options.get("eval_ranks") or []):
             if not 1 <= k <= r_max:
                 raise AdapterError(f"adapter.eval_ranks[{i}]={k} must be between 1 and {r_max}")
