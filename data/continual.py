@@ -2,6 +2,10 @@
 
 Sources (``source=``), each loaded once into images in [-1, 1] (N, C, H, W) + int64 labels:
 - ``digits``: scikit-learn's bundled 8x8 digits (offline); ``test_fraction`` of it is held out.
+
+Validation: ``val_fraction`` of the training images (after ``train_subset``) is carved off by a seeded
+permutation (``val_seed``, default the run's seed) and never trained on (not by G, D, φ or the scoring
+classifier); ``self.val`` holds it, ``carve_info()`` records the sizes and the seed.
 - ``fashion_mnist``: the IDX files of the Debian package ``dataset-fashion-mnist`` (``data_dir``).
 - ``mnist``, ``svhn``, ``cifar10``: HF datasets by id (``ylecun/mnist``, ``ufldl-stanford/svhn`` config
   ``cropped_digits``, ``uoft-cs/cifar10``); they need the network or the HF cache.
@@ -51,7 +55,8 @@ def load_hf(hf_id: str, hf_config: str | None, image_column: str, label_column: 
 class ContinualDataModule(L.LightningDataModule):
     def __init__(self, source: str = "digits", num_classes: int = 10, split: Sequence[Sequence[int]] | None = None,
                  classes_per_task: int | None = 2, batch_size: int = 64, batches_per_step: int = 1,
-                 test_fraction: float = 0.2, train_subset: int | None = None,
+                 test_fraction: float = 0.2, train_subset: int | None = None, val_fraction: float = 0.1,
+                 val_seed: int | None = None,
                  data_dir: str = FASHION_MNIST_DIR, hf_id: str | None = None, hf_config: str | None = None,
                  image_column: str | None = None, label_column: str | None = None, cache_dir: str | None = None,
                  num_workers: int = 0, seed: int = 0, steps_per_task: int = 0):
@@ -62,6 +67,7 @@ class ContinualDataModule(L.LightningDataModule):
         self.split_cfg = [list(t) for t in split] if split is not None else None
         self.classes_per_task, self.batch_size, self.batches_per_step = classes_per_task, batch_size, batches_per_step
         self.test_fraction, self.train_subset, self.data_dir = test_fraction, train_subset, data_dir
+        self.val_fraction, self.val_seed = float(val_fraction), seed if val_seed is None else int(val_seed)
         info = SOURCES[source]
         self.hf_id, self.hf_config = hf_id or info.hf_id, hf_config or info.hf_config
         self.image_column, self.label_column = image_column or info.image_column, label_column or info.label_column
@@ -70,6 +76,7 @@ class ContinualDataModule(L.LightningDataModule):
         self.task = 0
         self.train: tuple[torch.Tensor, torch.Tensor] | None = None
         self.test: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.val: tuple[torch.Tensor, torch.Tensor] | None = None
         self.stream: TaskStream | None = None
 
     # --- loading -----------------------------------------------------------------------------
@@ -93,6 +100,10 @@ class ContinualDataModule(L.LightningDataModule):
             keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.seed))[: self.train_subset]
             train_x, train_y = train_x[keep], train_y[keep]
         self.stream = TaskStream.from_config(self.split_cfg, self.num_classes, self.classes_per_task, labels=train_y)
+        # the validation carve: what selection (of a regulariser weight, a learning rate) may look at
+        rest, val_idx = split_indices(len(train_y), [self.val_fraction], self.val_seed)
+        self.val = (to_pm1(train_x[val_idx]), train_y[val_idx])
+        train_x, train_y = train_x[rest], train_y[rest]
         self.train = (to_pm1(train_x), train_y)
         self.test = (to_pm1(raw["test"][0]), raw["test"][1])
         need = self.batch_size * self.batches_per_step
@@ -103,6 +114,11 @@ class ContinualDataModule(L.LightningDataModule):
                                      f"{have} training images, fewer than one generator step's {self.batches_per_step}"
                                      f" critic batches ({need}); lower data.batch_size")
 
+    def carve_info(self) -> dict[str, float | int]:
+        """The validation carve as recorded in results.json."""
+        return {"data/n_train": len(self.train[1]), "data/n_val": len(self.val[1]), "data/n_test": len(self.test[1]),
+                "data/val_fraction": self.val_fraction, "data/val_seed": self.val_seed}
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train[0].shape[1:])
@@ -112,7 +128,7 @@ class ContinualDataModule(L.LightningDataModule):
         self.task = int(task)
 
     def task_data(self, task: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self.train if split == "train" else self.test
+        images, labels = {"train": self.train, "val": self.val, "test": self.test}[split]
         idx = class_indices(labels, self.stream[task])
         return images[idx], labels[idx]
 

@@ -228,7 +228,8 @@ def layers_matching(model: nn.Module, target_params: int) -> int:
 def parameter_counts(model: nn.Module) -> dict[str, float]:
     """``params/total``: distinct parameters (a tied head shares the embedding's, counted once);
     ``params/head``: the LM head's own numbers if untied, else 0; ``params/total_untied_head``: the total
-    were the head its own matrix (a tied head counted again); ``params/embedding``: the token embedding;
+    with a tied head counted a second time at the size of what it reads (the input embedding's parameters: a
+    Kronecker embedding's factors, not a V x d matrix); ``params/embedding``: the token embedding;
     ``params/body``: everything but the token embedding and the head (blocks, norms, position embeddings)."""
     seen: dict[int, int] = {}
     for p in model.parameters():

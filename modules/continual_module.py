@@ -58,6 +58,8 @@ class ContinualGAN(BaseModule):
             n_critic = 1  # one loader batch = one VAE step
         self.n_critic, self.gp_weight, self.acgan_weight, self.beta = n_critic, gp_weight, acgan_weight, beta
         self.reg_cfg = dict(regularizer or {"name": "none"})
+        self.grad_ratio = (float(self.reg_cfg.get("grad_ratio", 1.0)) if self.reg_cfg.get("normalize", "none") == "grad"
+                           else None)  # the tuning-free protocol: each term's gradient at grad_ratio x the GAN loss's
         self.replay_batch, self.replay_critic, self.fisher_batches = replay_batch, replay_critic, fisher_batches
         self.seed = seed
         if phi_classifier is not None:
@@ -83,10 +85,15 @@ class ContinualGAN(BaseModule):
     def regularizer(self) -> nn.Module | None:
         return self._regularizer[0] if self._regularizer else None
 
-    def start_task(self, task: int, previous_weights: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Before fitting task ``task``: G_{t-1} from ``previous_weights`` (required for t > 0), the regulariser."""
+    def start_task(self, task: int, previous_weights: Mapping[str, torch.Tensor] | None = None,
+                   phi_classifier: nn.Module | None = None) -> None:
+        """Before fitting task ``task``: G_{t-1} from ``previous_weights`` (required for t > 0), φ = classifier for
+        this task (``phi_classifier``: the caller trains it on what the learner may see by task t), the
+        regulariser."""
         self.task = int(task)
         self._regularizer = []
+        if phi_classifier is not None:
+            self.add_reference("phi_classifier", phi_classifier)
         if self.task == 0:
             return
         if previous_weights is None:
@@ -128,7 +135,7 @@ class ContinualGAN(BaseModule):
             # the critic's raw optimizer: its steps are not counted, so global_step = generator steps
             self.loop = ContinualGANTrainer(self.G, self.D, opt_g, opt_d.optimizer, self.n_critic, self.gp_weight,
                                             self.acgan_weight, self.replay_critic, self.seed,
-                                            backward=self.manual_backward)
+                                            backward=self.manual_backward, grad_ratio=self.grad_ratio)
             self.loop.begin_task(self.task, old, self.replay_batch)
             if state is not None and state["task"] == self.task:  # mid-task: the very same noise streams
                 self.loop.load_loop_state(state, old, self.replay_batch)

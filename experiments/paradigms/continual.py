@@ -59,7 +59,10 @@ class RegularizerSchema:
     pixel_weight: Optional[float] = opt(None, min=0)
     feature_weight: Optional[float] = opt(None, min=0)
     phi: Literal["critic", "classifier", "random"] = "classifier"
+    phi_data: Literal["seen", "all"] = "seen"
     phi_checkpoint: Optional[str] = None
+    normalize: Literal["none", "grad"] = "none"
+    grad_ratio: float = opt(1.0, min=0)
 
 
 @dataclasses.dataclass
@@ -72,6 +75,8 @@ class ContinualDataSchema:
     batch_size: int = opt(64, min=1)
     test_fraction: float = opt(0.2, min=0, below=1)
     train_subset: Optional[int] = opt(None, min=1)
+    val_fraction: float = opt(0.1, min=0, below=1)
+    val_seed: Optional[int] = None
     data_dir: Optional[str] = None
     hf_id: Optional[str] = None
     hf_config: Optional[str] = None
@@ -94,7 +99,7 @@ class ContinualSchema:
 class ContinualEvalSchema:
     closed: ClassVar[bool] = True
     ckpt_path: Optional[str] = None
-    metric: str = "test/avg_acc"
+    metric: str = "val/avg_acc"
     higher_is_better: bool = True
     n_per_class: int = opt(200, min=2)
     classifier_epochs: int = opt(20, min=1)
@@ -131,9 +136,10 @@ def cache_dir() -> Path:
     return cache_root() / "focl"
 
 
-def _train_cached_classifier(path: Path, data, seed: int, epochs: int, width: int = 32, feature_dim: int = 128):
-    """A SmallClassifier trained on all real training images (seeded, without moving the global RNG), kept at
-    ``path`` (written atomically: parallel sweep jobs may train the same one)."""
+def _train_cached_classifier(path: Path, data, seed: int, epochs: int, width: int = 32, feature_dim: int = 128,
+                             classes=None):
+    """A SmallClassifier trained on the real training images (of ``classes`` only when given; seeded, without
+    moving the global RNG), kept at ``path`` (written atomically: parallel sweep jobs may train the same one)."""
     import torch
 
     from modules.continual.evaluation import SmallClassifier, load_classifier, save_classifier, train_classifier
@@ -143,7 +149,7 @@ def _train_cached_classifier(path: Path, data, seed: int, epochs: int, width: in
             return load_classifier(path)
         torch.manual_seed(seed)
         model = SmallClassifier(data.image_shape, data.num_classes, width=width, feature_dim=feature_dim)
-        train_classifier(model, *data.train, epochs=epochs, seed=seed)
+        train_classifier(model, *classifier_training_data(data, classes), epochs=epochs, seed=seed)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_classifier(model, tmp)
     os.replace(tmp, path)
@@ -160,10 +166,23 @@ def _load_quietly(path: str, key: str):
         return load_classifier(path, key=key)
 
 
-def classifier_path(cfg: DictConfig, data, role: str, seed: int, epochs: int) -> Path:
+def classifier_training_data(data, classes=None):
+    """The real training images (the validation carve excluded) of ``classes`` (None: every class)."""
+    import torch
+
+    images, labels = data.train
+    if classes is None:
+        return images, labels
+    keep = torch.isin(labels, torch.as_tensor(sorted(classes), dtype=torch.long))
+    return images[keep], labels[keep]
+
+
+def classifier_path(cfg: DictConfig, data, role: str, seed: int, epochs: int, classes=None) -> Path:
     spec = json.dumps({"role": role, "source": data.source, "hf_id": data.hf_id, "shape": data.image_shape,
                        "classes": data.num_classes, "n_train": len(data.train[1]), "seed": seed, "epochs": epochs,
-                       "test_fraction": data.test_fraction, "train_subset": data.train_subset}, sort_keys=True)
+                       "test_fraction": data.test_fraction, "train_subset": data.train_subset,
+                       "val_fraction": data.val_fraction, "val_seed": data.val_seed,
+                       "trained_on": None if classes is None else sorted(classes)}, sort_keys=True)
     return cache_dir() / f"{role}-{data.source}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.pt"
 
 
@@ -185,14 +204,26 @@ def scoring_classifier(cfg: DictConfig, data):
     return model, acc
 
 
-def phi_classifier(cfg: DictConfig, data):
-    """φ = a second classifier (other seed, narrower), so the regulariser never sees the scorer itself."""
+def phi_classes(cfg: DictConfig, stream, task: int):
+    """The classes φ = classifier is trained on for task ``task``: those of tasks 0..task (``phi_data=seen``, the
+    default: what the learner has seen so far), or None = every class (``phi_data=all``: leaks future tasks)."""
+    return None if get(cfg, "regularizer.phi_data", "seen") == "all" else tuple(stream.seen_classes(task))
+
+
+def phi_classifier(cfg: DictConfig, data, task: int):
+    """φ = a second classifier (other seed, narrower), so the regulariser never sees the scorer itself; trained
+    on the real training images of ``phi_classes(cfg, data.stream, task)``."""
     given = get(cfg, "regularizer.phi_checkpoint")
     if given:
         return _load_quietly(given, "regularizer.phi_checkpoint")
     epochs = int(get(cfg, "eval.classifier_epochs", 20))
-    path = classifier_path(cfg, data, "phi", cfg.seed + 1, epochs)
-    return _train_cached_classifier(path, data, cfg.seed + 1, epochs, width=16, feature_dim=64)
+    classes = phi_classes(cfg, data.stream, task)
+    path = classifier_path(cfg, data, "phi", cfg.seed + 1, epochs, classes)
+    return _train_cached_classifier(path, data, cfg.seed + 1, epochs, width=16, feature_dim=64, classes=classes)
+
+
+def uses_phi_classifier(cfg: DictConfig) -> bool:
+    return get(cfg, "regularizer.name") in ("feature", "combined") and get(cfg, "regularizer.phi") == "classifier"
 
 
 def save_tensor_file(obj: Any, path: Path) -> None:
@@ -281,6 +312,17 @@ class ContinualParadigm(Paradigm):
                 and get(cfg, "generator.kind") == "cvae":
             raise ConfigError("regularizer.phi=critic but generator=cvae has no critic; valid choices here: "
                               "classifier, random")
+        if float(get(cfg, "data.val_fraction", 0.1)) <= 0:
+            raise ConfigError(f"data.val_fraction={get(cfg, 'data.val_fraction')}: the validation carve must be > 0 "
+                              "(selection reads val/*); valid: 0 < data.val_fraction < 1")
+        if get(cfg, "regularizer.normalize", "none") == "grad":
+            ratio = float(get(cfg, "regularizer.grad_ratio"))
+            if not ratio > 0 or ratio == float("inf"):
+                raise ConfigError(f"regularizer.grad_ratio={ratio}: valid: a finite number > 0 (the regulariser's "
+                                  "gradient norm as a multiple of the GAN loss's)")
+            if get(cfg, "generator.kind") != "wgan_gp":
+                raise ConfigError("regularizer.normalize=grad is implemented for generator=wgan_gp only; valid "
+                                  "choices with generator=cvae: none")
         for key in ("regularizer.phi_checkpoint", "eval.classifier_checkpoint"):
             if get(cfg, key) and not Path(str(get(cfg, key))).expanduser().is_file():
                 raise ConfigError(f"{key}={get(cfg, key)!r}: no such file (a classifier written by "
@@ -306,9 +348,6 @@ class ContinualParadigm(Paradigm):
             data.setup()
         except (TaskSplitError, FileNotFoundError) as err:
             raise ConfigError(str(err).splitlines()[0]) from None
-        phi = None
-        if get(cfg, "regularizer.name") in ("feature", "combined") and get(cfg, "regularizer.phi") == "classifier":
-            phi = phi_classifier(cfg, data)
         generator = _plain(cfg.generator)
         optimizer = {name: instantiate(node) for name, node in cfg.optimizer.items()}
         module = ContinualGAN(data.image_shape, data.num_classes, data.stream.tasks, kind=generator["kind"],
@@ -318,7 +357,7 @@ class ContinualParadigm(Paradigm):
                               replay_batch=int(cfg.continual.replay_batch),
                               replay_critic=bool(cfg.continual.replay_critic),
                               fisher_batches=int(cfg.continual.fisher_batches), seed=int(cfg.seed),
-                              phi_classifier=phi, optimizer=optimizer, scheduler=_plain(cfg.scheduler))
+                              optimizer=optimizer, scheduler=_plain(cfg.scheduler))
         return module, data
 
     # --- the run: one task after another ---------------------------------------------------------
@@ -348,16 +387,20 @@ class ContinualParadigm(Paradigm):
         ctx.resume_checkpoint()  # a folder holding a run of another config is refused in one line
         ctx.remember_config()
         metrics: dict[str, Any] = dict(state["metrics"])
-        acc = new_accuracy_matrix(T)
-        for t in range(state["done"]):
+        # two accuracy matrices: test (fixed noise, Fréchet against real test images) and validation (other
+        # noise, Fréchet against the carve of the training images): selection reads val/*, tables report test/*
+        acc = {split: new_accuracy_matrix(T) for split in ("val", "test")}
+        for split, t in ((split, t) for split in acc for t in range(state["done"])):
             for j in range(t + 1):
-                acc[t, j] = metrics[metric_key("test/acc", SubModel(()), {"after": f"t{t}", "task": f"t{j}"})]
-        metrics.update({"test/classifier_acc": scorer_acc, "tasks/total": T, "tasks/done": state["done"]})
+                acc[split][t, j] = metrics[metric_key(f"{split}/acc", SubModel(()), {"after": f"t{t}", "task": f"t{j}"})]
+        metrics.update({"test/classifier_acc": scorer_acc, "tasks/total": T, "tasks/done": state["done"],
+                        **data.carve_info(), "regularizer/phi_data": get(cfg, "regularizer.phi_data", "seen")})
         trained_here = False
         for t in range(state["done"], T):
             data.set_task(t)
             previous = torch.load(gen_dir / f"after_t{t - 1}.pt", map_location="cpu", weights_only=True) if t else None
-            module.start_task(t, previous)
+            phi = phi_classifier(cfg, data, t) if t and uses_phi_classifier(cfg) else None
+            module.start_task(t, previous, phi_classifier=phi)
             ckpt = ctx.last_checkpoint if ctx.last_checkpoint.is_file() and (resume or trained_here) else None
             if ckpt is not None and not trained_here:
                 blob = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -372,34 +415,39 @@ class ContinualParadigm(Paradigm):
             save_tensor_file({k: v.detach().cpu() for k, v in module.G.state_dict().items()},
                              gen_dir / f"after_t{t}.pt")
             # --- evaluation after task t -------------------------------------------------------
-            G, seen = module.G, stream.seen_classes(t)
-            row = task_accuracies(per_class_accuracy(G, scorer, seen, n_eval, seed=seed), stream.tasks[: t + 1])
-            acc[t, : t + 1] = row
-            after = {"after": f"t{t}"}
-            for j, value in enumerate(row):
-                metrics[metric_key("test/acc", SubModel(()), {**after, "task": f"t{j}"})] = value
-            metrics[metric_key("test/avg_acc", SubModel(()), after)] = average_accuracy(acc, t)
-            metrics[metric_key("test/forgetfulness", SubModel(()), after)] = forgetfulness(acc, upto=t + 1)
-            metrics[metric_key("test/frechet", SubModel(()), after)] = classifier_frechet(
-                G, scorer, *data.test, classes=seen, n_per_class=n_eval, seed=seed + 1)
+            G, seen, after = module.G, stream.seen_classes(t), {"after": f"t{t}"}
+            for split, noise in (("test", seed), ("val", seed + 1_000_003)):  # val: its own noise and real images
+                row = task_accuracies(per_class_accuracy(G, scorer, seen, n_eval, seed=noise), stream.tasks[: t + 1])
+                acc[split][t, : t + 1] = row
+                for j, value in enumerate(row):
+                    metrics[metric_key(f"{split}/acc", SubModel(()), {**after, "task": f"t{j}"})] = value
+                metrics[metric_key(f"{split}/avg_acc", SubModel(()), after)] = average_accuracy(acc[split], t)
+                metrics[metric_key(f"{split}/forgetfulness", SubModel(()), after)] = forgetfulness(acc[split], upto=t + 1)
+                metrics[metric_key(f"{split}/frechet", SubModel(()), after)] = classifier_frechet(
+                    G, scorer, *getattr(data, split), classes=seen, n_per_class=n_eval, seed=noise + 1)
+            row = acc["test"][t, : t + 1]
             metrics["tasks/done"] = t + 1
             sample_grid(G, seen, int(cfg.eval.samples_per_class), seed, run_dir / "samples" / f"after_t{t}.png",
                         f"after task t{t} ({cfg.regularizer.name})")
             write_json(state_path, {"done": t + 1, "metrics": metrics})  # results.json only when every task is done
             print(f"after task t{t}: " + "  ".join(f"t{j} {v:.3f}" for j, v in enumerate(row))
-                  + f"  | avg {metrics[metric_key('test/avg_acc', SubModel(()), after)]:.3f}")
+                  + f"  | avg {metrics[metric_key('test/avg_acc', SubModel(()), after)]:.3f}"
+                  + f" (val {metrics[metric_key('val/avg_acc', SubModel(()), after)]:.3f})")
         if trained_here and not trainer.is_global_zero:
             return None
-        final = {"avg_acc": average_accuracy(acc), "forgetfulness": forgetfulness(acc),
-                 "frechet": metrics[metric_key("test/frechet", SubModel(()), {"after": f"t{T - 1}"})]}
-        for name, value in final.items():
-            metrics[metric_key("final/score", SubModel(()), {"measure": name})] = value
-        metrics["test/avg_acc"] = final["avg_acc"]
+        for split, prefix in (("test", "final/score"), ("val", "final/val/score")):
+            final = {"avg_acc": average_accuracy(acc[split]), "forgetfulness": forgetfulness(acc[split]),
+                     "frechet": metrics[metric_key(f"{split}/frechet", SubModel(()), {"after": f"t{T - 1}"})]}
+            for name, value in final.items():
+                metrics[metric_key(prefix, SubModel(()), {"measure": name})] = value
+            metrics[f"{split}/avg_acc"] = final["avg_acc"]
+        acc, final = acc["test"], {name: metrics[metric_key("final/score", SubModel(()), {"measure": name})]
+                                   for name in ("avg_acc", "forgetfulness", "frechet")}
         accuracy_curves(acc, run_dir / "accuracy_curves.png")
         table = write_results(run_dir, metrics, ())
         print(f"\nResults ({run_dir}):\n{table}")
         print("accuracy matrix (row = after task t, column = task j):")
         print("\n".join("  ".join("  -  " if np.isnan(v) else f"{v:.2f} " for v in r) for r in acc))
-        print(f"average accuracy {final['avg_acc']:.3f}  forgetfulness {final['forgetfulness']:.3f}  "
-              f"Fréchet distance {final['frechet']:.2f}")
-        return final["avg_acc"]
+        print(f"test: average accuracy {final['avg_acc']:.3f}  forgetfulness {final['forgetfulness']:.3f}  "
+              f"Fréchet distance {final['frechet']:.2f}  (validation average accuracy {metrics['val/avg_acc']:.3f})")
+        return metrics.get(str(get(cfg, "eval.metric", "val/avg_acc")), metrics["val/avg_acc"])

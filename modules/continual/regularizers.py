@@ -122,6 +122,41 @@ class Combined(Regularizer):
         return sum(term(G_new, G_old, z, c_old) for term in self.terms)
 
 
+def reg_terms(reg: Regularizer) -> list[Regularizer]:
+    """The separately normalised terms of a regulariser: a ``Combined``'s parts, else the regulariser itself."""
+    return list(reg.terms) if isinstance(reg, Combined) else [reg]
+
+
+def normalized_gradients(params: Sequence[torch.Tensor], main: torch.Tensor, terms: Sequence[torch.Tensor],
+                         ratio: float, eps: float = 1e-12) -> tuple[list[torch.Tensor], list[float]]:
+    """The tuning-free protocol: g = ∇main + Σ_i s_i ∇term_i, s_i = ratio · ‖∇main‖ / ‖∇term_i‖ (a constant).
+
+    Each term's gradient on ``params`` is rescaled so that its norm is ``ratio`` times the norm of the main
+    (GAN) loss's gradient, whatever the term's own scale or weight: the pixel and feature terms, whose
+    sizes differ by one or two orders of magnitude, then pull with the same strength. A term with a zero
+    gradient (G_t = G_{t-1} at the first step of a task) stays zero. Returns the gradients (one per param)
+    and the scales s_i.
+    """
+    params = list(params)
+
+    def grad(loss, retain):
+        gs = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+
+    def norm(gs):
+        return torch.sqrt(sum(g.pow(2).sum() for g in gs))
+
+    total = grad(main, True)
+    main_norm = norm(total)
+    scales = []
+    for i, term in enumerate(terms):
+        gs = grad(term, i < len(terms) - 1)
+        scale = (ratio * main_norm / norm(gs).clamp_min(eps)).item()
+        total = [t + scale * g for t, g in zip(total, gs)]
+        scales.append(scale)
+    return total, scales
+
+
 class EWC(Regularizer):
     """Parameter space: Σ_i F_i (θ_i − θ_i^{old})², θ^{old} read from G_old at every call, F fixed.
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from .gan import critic_loss, generator_loss
-from .regularizers import NoRegularizer, Regularizer, ReplaySampler
+from .regularizers import NoRegularizer, Regularizer, ReplaySampler, normalized_gradients, reg_terms
 
 
 def freeze(G: nn.Module) -> nn.Module:
@@ -35,12 +35,14 @@ class ContinualGANTrainer:
 
     def __init__(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                  n_critic: int = 5, gp_weight: float = 10.0, acgan_weight: float = 1.0, replay_critic: bool = False,
-                 seed: int = 0, backward=None):
+                 seed: int = 0, backward=None, grad_ratio: float | None = None):
         if n_critic < 1:
             raise ValueError(f"n_critic={n_critic} must be >= 1")
         self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
         self.n_critic, self.gp_weight, self.acgan_weight = n_critic, gp_weight, acgan_weight
         self.replay_critic, self.seed = replay_critic, seed
+        # grad_ratio: the tuning-free protocol (regularizers.normalized_gradients); None = the weighted sum
+        self.grad_ratio = None if grad_ratio is None else float(grad_ratio)
         self.backward = backward or (lambda loss: loss.backward())  # a Lightning module passes manual_backward
         self.rng = torch.Generator().manual_seed(seed)
         self.task, self.step = 0, 0  # task index, generator steps done within it
@@ -74,17 +76,31 @@ class ContinualGANTrainer:
         classes = torch.as_tensor(list(classes_now), dtype=torch.long)
         c = classes[torch.randint(len(classes), (batch_size,), generator=self.rng)].to(self.device)
         loss, stats = generator_loss(self.D, self.G(self._noise(batch_size), c), c, self.acgan_weight)
+        terms: list[torch.Tensor] = []
         if G_old is not None and self.replay is not None:
             zr, cr = self.replay.sample()
             zr, cr = zr.to(self.device), cr.to(self.device)
-            reg = (regularizer or NoRegularizer(0.0))(self.G, G_old, zr, cr)
-            stats["g/reg"] = reg.item()
-            loss = loss + reg
+            regularizer = regularizer or NoRegularizer(0.0)
+            if self.grad_ratio is not None and not isinstance(regularizer, NoRegularizer):
+                terms = [term(self.G, G_old, zr, cr) for term in reg_terms(regularizer)]
+                stats["g/reg"] = sum(t.item() for t in terms)
+            else:
+                reg = regularizer(self.G, G_old, zr, cr)
+                stats["g/reg"] = reg.item()
+                loss = loss + reg
             if self.replay_critic:
                 replay_loss, _ = generator_loss(self.D, self.G(zr, cr), cr, self.acgan_weight)
                 loss = loss + replay_loss
         self.opt_g.zero_grad(set_to_none=True)
-        self.backward(loss)
+        if terms:  # gradients set directly (fp32; Lightning's precision scaling is not applied on this path)
+            params = [p for p in self.G.parameters() if p.requires_grad]
+            grads, scales = normalized_gradients(params, loss, terms, self.grad_ratio)
+            for p, g in zip(params, grads):
+                p.grad = g.detach()
+            for i, scale in enumerate(scales):
+                stats[f"g/reg_scale{i}"] = scale
+        else:
+            self.backward(loss)
         self.opt_g.step()
         return stats
 
