@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 MIRROR_ENV = "LAB_DATASETS_MIRROR"
-VERSION = 1  # bump when a schema changes: cached fixture folders are keyed by it
+VERSION = 3  # bump when a schema changes: cached fixture folders are keyed by it
 
 
 def hub_path(dataset_id: str) -> str:
@@ -235,10 +235,10 @@ HUB: dict[str, HubFixture] = {f.dataset_id: f for f in (
                    32, "RGB"),
     # ylecun/mnist (config mnist): image (Image, 28x28 grey), label (ClassLabel "0".."9"); train 60k / test 10k.
     _image_fixture("ylecun/mnist", "https://huggingface.co/datasets/ylecun/mnist", "mnist",
-                   {"train": 40, "test": 20}, "image", {"label": DIGITS}, 28, "L"),
+                   {"train": 120, "test": 30}, "image", {"label": DIGITS}, 28, "L"),
     # ufldl-stanford/svhn, config cropped_digits: image (32x32 RGB), label (ClassLabel 0-9); train/test/extra.
     _image_fixture("ufldl-stanford/svhn", "https://huggingface.co/datasets/ufldl-stanford/svhn", "cropped_digits",
-                   {"train": 40, "test": 20, "extra": 10}, "image", {"label": DIGITS}, 32, "RGB"),
+                   {"train": 120, "test": 30, "extra": 10}, "image", {"label": DIGITS}, 32, "RGB"),
     # Salesforce/wikitext, config wikitext-103-raw-v1: one "text" column (lines), train/validation/test.
     _text_fixture("Salesforce/wikitext", "https://huggingface.co/datasets/Salesforce/wikitext",
                   "wikitext-103-raw-v1", {"train": 60, "validation": 30, "test": 30}),
@@ -259,10 +259,11 @@ def write_hub_fixture(root: str | Path, dataset_id: str) -> Path:
         name = config or "default"
         lines += [f"- config_name: {name}", "  data_files:"]
         features = spec.features(config)
-        for split, n in splits.items():
-            rel = f"{name}/{split}-00000-of-00001.parquet"
+        for k, (split, n) in enumerate(splits.items()):
+            # the version in the file name: datasets caches a local folder by its data-file patterns, not content
+            rel = f"{name}/{split}-v{VERSION}-00000-of-00001.parquet"
             (folder / name).mkdir(parents=True, exist_ok=True)
-            rows = [spec.row(config, split, i) for i in range(n)]
+            rows = [spec.row(config, split, i + 10_000 * k) for i in range(n)]  # other rows in every split
             table = datasets.Dataset.from_list(rows, features=features)
             table.to_parquet(str(folder / rel))
             lines += [f"  - split: {split}", f"    path: {rel}"]

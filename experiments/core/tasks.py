@@ -27,7 +27,9 @@ def run_task(cfg: DictConfig) -> Any:
         module, _, function = STANDALONE[task].partition(":")
         return getattr(importlib.import_module(module), function)(cfg)
     from experiments.core.runtime import RunContext
+    from experiments.rehearsal import mark_run, rehearse
 
+    cfg = rehearse(cfg)  # rehearsal=tiny: the preset shrunk onto a CPU (docs/rehearsal.md); else unchanged
     paradigm = validate(cfg, task)
     if get(cfg, "threads"):
         import torch
@@ -40,7 +42,9 @@ def run_task(cfg: DictConfig) -> Any:
     if done is not None:  # rerunning a finished run (or sweep job) on its folder: keep what is there
         print(f"already finished: {ctx.run_dir / 'results.json'} (checkpoint.resume=false reruns it)")
         return done.get(f"best/{cfg.eval.metric}")
-    return paradigm.run(ctx)
+    result = paradigm.run(ctx)
+    mark_run(ctx.run_dir, cfg)
+    return result
 
 
 def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
