@@ -127,3 +127,24 @@ def test_shrunk_models_keep_the_class():
         assert type(config).__name__ == classes[arch]
     falcon = AutoConfig.for_model("falcon", **shrunk_config("falcon"))
     assert falcon.new_decoder_architecture and falcon.parallel_attn and falcon.num_kv_heads == 2
+
+
+def test_time_estimate_matches_a_hand_computation(tmp_path):
+    """task=estimate's time per phase for QDyLoRA LLaMA-2-13B on GSM8K, recomputed by hand."""
+    from experiments.benchmarks.cost import cost_phases, split_rows
+    from experiments.benchmarks.memory import _estimate_node
+    from experiments.rehearsal import compose_run
+
+    cfg = _estimate_node(compose_run("qdylora/llama2_13b_gsm8k", tmp_path, rehearsal="none"))
+    n = 13.0e9
+    phases, notes = cost_phases(cfg, n)
+    train, gen = phases
+    assert train.flops == 1875 * 4 * 4 * 512 * 6 * n  # steps x accumulation x batch x tokens x (2N + 2N + 2N recompute)
+    assert abs(train.hours(989) - train.flops / (989e12 * 0.235) / 3600) < 1e-9
+    assert split_rows("gsm8k", "train[:500]") == 500 and split_rows("gsm8k", "train[500:]") == 6973
+    assert split_rows("alpaca", "train[95%:97%]") == 1040
+    answers = min(500, 512) + min(1319, 1024)  # validation = train[:500] (limit 512), test (limit 1024)
+    assert gen.flops == 7 * answers * 256 * 2 * n  # 7 ranks x answers x new tokens x 2N
+    nf4 = 0.5 * 17 / 16
+    assert abs(gen.efficiency - min(0.235, (2 * 8 / nf4) / (989 / 4.8))) < 1e-12
+    assert not notes
