@@ -157,9 +157,7 @@ def _model(cfg: DictConfig, r: DictConfig, paradigm: str) -> None:
         _set(cfg, "latency.repeats", 1)
         _set(cfg, "latency.warmup", 0)
     if paradigm == "speech" and name:
-        from experiments.paradigms.speech import encoder_layers
-
-        depth = encoder_layers(cfg) or layers
+        depth = int(get(cfg, "model.encoder_layers") or layers)  # the probes read every layer: the real count
         folder = materialize_random("whisper", shrunk_config("whisper", depth, hidden, heads), head="none")
         _set(cfg, "model.name_or_path", str(folder))
         _set(cfg, "model.encoder_layers", depth)
@@ -222,39 +220,3 @@ def mark_run(run_dir: Path, cfg: DictConfig) -> None:
         if not text.startswith("REHEARSAL"):
             table.write_text(f"{caption(cfg)}\n\n{text}")
 
-
-# --- in-process runs (tests, the GPU check) ------------------------------------------------------------------
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def full_scale_presets() -> list[str]:
-    """Every preset under conf/experiment/<paper>/ whose name does not contain "quick"."""
-    return sorted(str(p.relative_to(CONF_DIR / "experiment").with_suffix("")) for p in (CONF_DIR / "experiment").rglob("*.yaml")
-                  if "quick" not in p.stem)
-
-
-def compose_run(preset: str, run_dir: Path, overrides: tuple[str, ...] = (), rehearsal: str = "tiny") -> DictConfig:
-    """The config ``python run.py experiment=<preset> rehearsal=<rehearsal> <overrides>`` would run, with
-    Hydra's runtime set as in that command (its output folder ``run_dir``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={preset}", f"rehearsal={rehearsal}", *overrides],
-                      return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return cfg
-
-
-def run_preset(preset: str, run_dir: Path, overrides: tuple[str, ...] = (), rehearsal: str = "tiny") -> Any:
-    """Run ``task=train`` of a preset's rehearsal in this process (what ``run.py`` does, minus its process)."""
-    from experiments.core.tasks import run_task
-
-    return run_task(compose_run(preset, Path(run_dir), overrides, rehearsal))
