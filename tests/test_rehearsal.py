@@ -72,7 +72,7 @@ def test_rehearsal_end_to_end(preset, shared_cache, tmp_path, capsys):
         if labels and not values:  # a text column (latency/device = cpu)
             continue
         assert any(math.isfinite(v) for v in values), f"{preset}: column {column} has no finite value"
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert any(run.rglob("last.ckpt"))  # per probe for the speech paradigm
     if "soft/" in preset:  # SoFT's presets shard 13B over GPUs: named, not silently dropped
         assert "not rehearsed on CPU: fsdp" in out and info["notes"]
     if preset.startswith(("qdylora/", "soft/")):
