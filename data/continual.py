@@ -30,6 +30,7 @@ from data.continual_sources import SOURCES
 from data.images import FASHION_MNIST_DIR, _pil_to_uint8, load_digits_split, load_fashion_mnist, split_indices
 from data.resumable import resumable_loader
 from modules.continual.tasks import TaskSplitError, TaskStream, class_indices
+from data.fixtures import hub_path  # a rehearsal's local copy of a hub dataset (docs/rehearsal.md)
 
 
 def to_pm1(images: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ def load_hf(hf_id: str, hf_config: str | None, image_column: str, label_column: 
     """train and test splits of a HF image dataset as uint8 tensors (needs the network or the HF cache)."""
     import datasets
 
-    dsd = datasets.load_dataset(hf_id, hf_config, cache_dir=cache_dir)
+    dsd = datasets.load_dataset(hub_path(hf_id), hf_config, cache_dir=cache_dir)
     out = {}
     for split in ("train", "test"):
         if split not in dsd:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
+from data.fixtures import hub_path  # a rehearsal's local copy of a hub dataset (docs/rehearsal.md)
 
 # GLUE's own TSV headers -> HF's column names
 COLUMN_ALIASES = {"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label", "score": "label",
@@ -151,7 +152,7 @@ def read_local(folder: str | Path, task: GlueTask) -> dict[str, list[dict]]:
 def read_hf(hf_id: str, task: GlueTask) -> dict[str, list[dict]]:
     from datasets import load_dataset
 
-    ds = load_dataset(hf_id, task.name)
+    ds = load_dataset(hub_path(hf_id), task.name)
     splits = ["train", *(s for _, s, _ in task.test_sets)]
     return {s: normalize_rows(ds[s].to_list(), task, f"{hf_id}/{task.name}:{s}") for s in splits}
 

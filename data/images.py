@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from data.fixtures import hub_path  # a rehearsal's local copy of a hub dataset (docs/rehearsal.md)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist/"
 FASHION_MNIST_FILES = {
@@ -103,7 +104,7 @@ def load_hf_images(hf_id: str, image_column: str, label_column: str,
     if (local / "dataset_dict.json").is_file():
         dsd = datasets.load_from_disk(str(local))
     else:
-        dsd = datasets.load_dataset(hf_id, cache_dir=cache_dir)
+        dsd = datasets.load_dataset(hub_path(hf_id), cache_dir=cache_dir)
     out = {}
     for split in splits:
         if split not in dsd:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 # Shared with evaluation so that references and predictions are normalised the same way.
 from modules.metrics import extract_gsm8k_answer
+from data.fixtures import hub_path  # a rehearsal's local copy of a hub dataset (docs/rehearsal.md)
 
 Record = dict[str, Any]
 
@@ -153,7 +154,7 @@ def _load_hub(source: Source, split: str):
     base_split = split.split("[", 1)[0]  # allow slicing syntax such as "train[:1000]"
     if base_split not in source.splits:
         raise ValueError(f"split={split!r} is not a split of {source.dataset_id}; choose one of: {', '.join(source.splits)}")
-    return datasets.load_dataset(source.dataset_id, source.config, split=split)
+    return datasets.load_dataset(hub_path(source.dataset_id), source.config, split=split)
 
 
 def load_records(name_or_path: str, split: str = "train", limit: int | None = None,

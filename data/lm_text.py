@@ -25,6 +25,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
+from data.fixtures import hub_path  # a rehearsal's local copy of a hub dataset (docs/rehearsal.md)
 
 IGNORE_INDEX = -100
 SOURCES = ("pydoc", "hf")
@@ -46,7 +47,7 @@ def pydoc_documents(split: str) -> list[str]:
 def hf_documents(hf_id: str, hf_config: str | None, split: str, text_column: str = "text") -> list[str]:
     from datasets import load_dataset
 
-    rows = load_dataset(hf_id, hf_config, split=split)
+    rows = load_dataset(hub_path(hf_id), hf_config, split=split)
     return [t for t in rows[text_column] if t and t.strip()]
 
 

@@ -55,7 +55,8 @@ def _cache_root() -> Path:
 def materialize_random(arch: str, config_kwargs: dict[str, Any], seed: int = 0, head: str = "causal_lm") -> Path:
     """Save a randomly initialised model of ``arch`` once, so it loads through from_pretrained
     (and therefore through the same quantization path) as a real checkpoint does. ``head="none"`` saves the
-    bare backbone (an encoder for sequence classification: its head is new at load, as for a real one)."""
+    bare backbone (an encoder for sequence classification: its head is new at load, as for a real one);
+    ``head="image_classification"`` a ViT with its classifier."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     keyed = [arch, config_kwargs, seed] + ([head] if head != "causal_lm" else [])  # causal-LM keys unchanged
@@ -63,10 +64,13 @@ def materialize_random(arch: str, config_kwargs: dict[str, Any], seed: int = 0, 
     folder = _cache_root() / "models" / f"random-{arch}-{key}"
     if (folder / "config.json").exists():
         return folder
+    from transformers import AutoModelForImageClassification
+
     config = AutoConfig.for_model(arch, **config_kwargs)
+    auto = {"causal_lm": AutoModelForCausalLM, "none": AutoModel, "image_classification": AutoModelForImageClassification}
     with torch.random.fork_rng(devices=[]):  # the caller's RNG must not depend on whether the cache was warm
         torch.manual_seed(seed)
-        model = (AutoModelForCausalLM if head == "causal_lm" else AutoModel).from_config(config)
+        model = auto[head].from_config(config)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     byte_tokenizer(append_eos=arch == "t5").save_pretrained(tmp)
@@ -254,3 +258,62 @@ def quantize_unconverted_(model: nn.Module, quantization_config: Any) -> list[st
                       quant_type=q.bnb_4bit_quant_type, quant_storage=torch_dtype(q.bnb_4bit_quant_storage),
                       keep=keep)
     return names
+
+
+# --- shrunk stand-ins of named architectures (rehearsals: docs/rehearsal.md) ------------------------------
+#: transformers model_type of each hub id a preset names (their real configs cannot be downloaded here)
+ARCHITECTURES = {
+    "meta-llama/Llama-2-13b-hf": "llama", "meta-llama/Llama-2-7b-hf": "llama", "huggyllama/llama-7b": "llama",
+    "huggyllama/llama-13b": "llama", "WeOpenML/PandaLM-7B-v1": "llama", "tiiuae/falcon-40b": "falcon",
+    "gpt2": "gpt2", "FacebookAI/roberta-base": "roberta", "google-t5/t5-base": "t5",
+    "google/vit-base-patch16-224": "vit", "openai/whisper-base": "whisper",
+}
+BYTE_VOCAB = 260  # the byte tokenizer's 259 ids fit
+_PAD, _BOS, _EOS = 256, 257, 258  # its <pad>, <s>, </s>
+
+
+def architecture_of(name_or_path: str) -> str:
+    """The transformers model_type of a hub id a preset names (``random:<arch>`` gives its own)."""
+    if name_or_path.startswith(RANDOM_PREFIX):
+        return name_or_path[len(RANDOM_PREFIX):]
+    if name_or_path not in ARCHITECTURES:
+        raise ValueError(f"no known architecture for {name_or_path!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name_or_path]
+
+
+def shrunk_config(arch: str, layers: int = 2, hidden: int = 32, heads: int = 4, positions: int = 1024) -> dict[str, Any]:
+    """Config kwargs of a small random model of ``arch`` (the same transformers class as the real one):
+    ``layers`` blocks of width ``hidden`` with ``heads`` heads, the byte tokenizer's vocabulary, and the
+    architecture's distinguishing flags kept (Falcon-40b's new decoder with grouped KV heads and parallel
+    attention, LLaMA's grouped KV heads, T5's and Whisper's encoder-decoder)."""
+    kv = max(1, heads // 2)
+    special = dict(pad_token_id=_PAD, bos_token_id=_BOS, eos_token_id=_EOS)
+    if arch == "llama":
+        return dict(vocab_size=BYTE_VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                    num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=positions,
+                    tie_word_embeddings=False, **special)
+    if arch == "falcon":
+        return dict(vocab_size=BYTE_VOCAB, hidden_size=hidden, num_attention_heads=heads, num_kv_heads=kv,
+                    num_hidden_layers=layers, new_decoder_architecture=True, parallel_attn=True, bias=False,
+                    alibi=False, **special)
+    if arch == "gpt2":
+        return dict(vocab_size=BYTE_VOCAB, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions,
+                    bos_token_id=_BOS, eos_token_id=_EOS)
+    if arch in ("roberta", "bert"):  # RoBERTa's positions start after its padding index: room for it
+        return dict(vocab_size=BYTE_VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                    num_attention_heads=heads, max_position_embeddings=_PAD + positions + 2, **special)
+    if arch == "t5":
+        return dict(vocab_size=BYTE_VOCAB, d_model=hidden, d_kv=hidden // heads, d_ff=2 * hidden, num_layers=layers,
+                    num_decoder_layers=layers, num_heads=heads, decoder_start_token_id=_PAD, pad_token_id=_PAD,
+                    eos_token_id=_EOS)
+    if arch == "vit":
+        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                    intermediate_size=4 * hidden)
+    if arch == "whisper":
+        return dict(vocab_size=BYTE_VOCAB, d_model=hidden, encoder_layers=layers, decoder_layers=1,
+                    encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=2 * hidden,
+                    decoder_ffn_dim=2 * hidden, num_mel_bins=80, max_source_positions=1500,
+                    max_target_positions=64, decoder_start_token_id=_BOS, pad_token_id=_PAD, bos_token_id=_BOS,
+                    eos_token_id=_EOS)
+    raise ValueError(f"no shrunk config for architecture {arch!r}; known: llama, falcon, gpt2, roberta, bert, t5, "
+                     "vit, whisper")

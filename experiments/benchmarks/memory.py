@@ -422,10 +422,14 @@ def estimate_task(cfg: DictConfig) -> float:
     from experiments.results.files import write_json
     from experiments.core.runtime import run_dir_of
 
+    from experiments.benchmarks.cost import cost_phases, format_cost
+
     est = estimate(cfg)
-    report = format_report(est)
+    phases, notes = cost_phases(_estimate_node(cfg), est.counts.base_params)
+    cost_text, cost = format_cost(phases, _estimate_node(cfg), notes)
+    report = format_report(est) + "\n\n" + cost_text
     run_dir = run_dir_of()
-    write_json(run_dir / "estimate.json", est.as_dict())
+    write_json(run_dir / "estimate.json", {**est.as_dict(), "time": cost})
     (run_dir / "estimate.md").write_text(report + "\n")
     print(report)
     if not est.fits:

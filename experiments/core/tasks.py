@@ -31,6 +31,9 @@ def run_task(cfg: DictConfig) -> Any:
         module, _, function = STANDALONE[task].partition(":")
         with RunContext.from_hydra(cfg).owned():
             return getattr(importlib.import_module(module), function)(cfg)
+    from experiments.rehearsal import mark_run, rehearse
+
+    cfg = rehearse(cfg)  # rehearsal=tiny: the preset shrunk onto a CPU (docs/rehearsal.md); else unchanged
     paradigm = validate(cfg, task)
     if get(cfg, "threads"):
         import torch
@@ -48,7 +51,9 @@ def run_task(cfg: DictConfig) -> Any:
 
         return done.get(objective_key(cfg.eval.metric))
     with ctx.owned():  # one writer per folder; .hydra/ written now that the command is accepted
-        return paradigm.run(ctx)
+        result = paradigm.run(ctx)
+        mark_run(ctx.run_dir, cfg)  # a rehearsal says so in its record (results.json rewritten last, atomically)
+        return result
 
 
 def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
