@@ -119,7 +119,7 @@ def test_gpu_run_that_cannot_fit_stops_before_loading_anything(env, tmp_path):
     assert last.startswith("error: tiiuae/falcon-40b with batch 64 x seq 512"), last
     assert "GiB > budget estimate.gpu_gib=31.7" in last, last
     assert (run_dir / "results.json").read_text() == "{}" and not (run_dir / "run_info.json").exists()
-    assert not cache.exists()
+    assert not (cache / "efficient-transformers-lab").exists() and not (cache / "huggingface").exists()  # no model
 
 
 def test_help_is_fast(env):

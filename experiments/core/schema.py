@@ -147,6 +147,9 @@ class TrainerSchema:
     num_sanity_val_steps: int = opt(0, min=-1)
     log_every_n_steps: int = opt(50, min=1)
     enable_progress_bar: Optional[bool] = None
+    enable_model_summary: bool = True
+    limit_val_batches: Union[int, float, None] = opt(None, min=0)
+    limit_test_batches: Union[int, float, None] = opt(None, min=0)
     deterministic: Union[bool, str] = False
 
 
