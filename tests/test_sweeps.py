@@ -34,7 +34,8 @@ def test_a_killed_sweep_rerun_gives_the_complete_table_without_redoing_finished_
     assert [j["dir"].name for j in jobs] == ["0"]
     assert [(j["overrides"]["seed"], j["status"]) for j in jobs.incomplete] == [
         ("1", "failed"), ("2", "unfinished"), ("2", "missing")]
-    assert jobs.incomplete[0]["error"] == f"FileNotFoundError: data file {late} does not exist"
+    assert jobs.incomplete[0]["error"] == (f"ConfigError: data.source={str(late)!r}: no such file or folder; "
+                                           "give the path of a data file")  # refused before anything loads
     header, rows = aggregate(jobs, [METRIC], group_by=["data.source", "seed"])
     assert header == ["data.source", "seed", "n", METRIC, "not finished"]
     assert [r[2:3] + r[4:] for r in rows] == [[1, ""], [0, "1 unfinished"], [0, "1 failed"], [0, "1 missing"]]
@@ -47,7 +48,7 @@ def test_a_killed_sweep_rerun_gives_the_complete_table_without_redoing_finished_
     assert f"already finished: {sweep / '0' / 'results.json'}" in again.stdout
     assert f"resuming from {ckpt}" in again.stdout
     assert _files(sweep / "0") == finished  # the finished job's results and checkpoint untouched
-    assert json.loads((sweep / "1" / "job_status.json").read_text()) == {"status": "completed"}
+    assert json.loads((sweep / "1" / "job_status.json").read_text())["status"] == "completed"
     table = (sweep / "report.md").read_text().splitlines()  # the end-of-multirun table, complete
     assert table[0].startswith("| data.source | n |") and "not finished" not in table[0]
     assert len(table) == 4 and all("| 2 |" in row for row in table[2:])  # both seeds in both rows
