@@ -53,8 +53,7 @@ def _check_group_choices(argv: list[str]) -> None:
 
 def _error_line(err: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an error a user can cause."""
-    from experiments.core.callbacks import describe_os_error
-    from experiments.core.config import ConfigError
+    from experiments.core.config import ConfigError, describe_os_error
 
     if isinstance(err, ConfigError):
         return 2, str(err)

@@ -123,26 +123,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
             os.replace(tmp, path)
         except (OSError, RuntimeError) as err:  # a full disk, a read-only folder: torch says "unexpected pos"
-            from experiments.core.config import RunError
+            from experiments.core.config import RunError, describe_os_error
 
             raise RunError(f"cannot write {path}: {describe_os_error(err, tmp)}; the previous checkpoint is "
                            "intact: free space or fix permissions and rerun the same command") from None
         finally:
             tmp.unlink(missing_ok=True)
 
-
-def describe_os_error(err: BaseException, path: Path | None = None) -> str:
-    """One phrase for an I/O failure; torch reports a full disk only as "unexpected pos", so ask the disk."""
-    import errno
-    import shutil
-
-    code = getattr(err, "errno", None)
-    if code is None and path is not None:
-        try:
-            if shutil.disk_usage(path.parent).free < 1024 ** 2:
-                code = errno.ENOSPC
-        except OSError:
-            pass
-    return {errno.ENOSPC: "no space left on the device", errno.EACCES: "permission denied",
-            errno.EROFS: "the file system is read-only", errno.EDQUOT: "the disk quota is exceeded"}.get(
-        code, (str(err).splitlines() or [type(err).__name__])[0])

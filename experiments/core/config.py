@@ -38,6 +38,23 @@ class RunError(RuntimeError):
     """A run that cannot go on (it diverged, a disk is full): one line, exit 1, the sweep job marked failed."""
 
 
+def describe_os_error(err: BaseException, path: Any = None) -> str:
+    """One phrase for an I/O failure; torch reports a full disk only as "unexpected pos", so ask the disk."""
+    import errno
+    import shutil
+
+    code = getattr(err, "errno", None)
+    if code is None and path is not None:
+        try:
+            if shutil.disk_usage(path.parent).free < 1024 ** 2:
+                code = errno.ENOSPC
+        except OSError:
+            pass
+    return {errno.ENOSPC: "no space left on the device", errno.EACCES: "permission denied",
+            errno.EROFS: "the file system is read-only", errno.EDQUOT: "the disk quota is exceeded"}.get(
+        code, (str(err).splitlines() or [type(err).__name__])[0])
+
+
 def override_pairs(overrides: Any) -> dict[str, str]:
     """Command-line overrides as key -> value (``+``/``~`` dropped; Hydra's quotes, as in
     ``adapter.scale='alpha/sqrt(b)'``, are not part of the value)."""

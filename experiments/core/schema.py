@@ -242,12 +242,24 @@ def check_trainer_arguments(cfg: DictConfig) -> None:
     extra = [k for k in node if k not in known]
     if not extra or node.get("_target_") != "lightning.pytorch.Trainer":
         return
-    import inspect
-
-    from lightning.pytorch import Trainer
-
-    valid = [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+    valid = _trainer_arguments()
     unknown = [k for k in extra if k not in valid]
     if unknown:
         raise ConfigError(f"trainer.{unknown[0]} is not an argument of lightning.pytorch.Trainer; "
                           f"valid options: {', '.join(valid)}")
+
+
+def _trainer_arguments() -> list[str]:
+    """The arguments of ``lightning.pytorch.Trainer.__init__``, read from its source file (importing Lightning
+    costs seconds and writes caches: this check runs before anything loads)."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("lightning")
+    source = Path(spec.origin).parent / "pytorch" / "trainer" / "trainer.py"
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            init = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+            return [a.arg for a in init.args.args + init.args.kwonlyargs if a.arg != "self"]
+    raise RuntimeError(f"no Trainer class in {source}")
