@@ -13,7 +13,7 @@ Runs ``experiment=focl/quick`` one job at a time (threads=1), each in its own fo
 
 A job whose folder already has a finished results.json and wall_s is not rerun (rerun after a kill to continue);
 a job that failed is shown as failed (its log is ``<job>/run.log``), never dropped. The same selection is what
-``conf/table/focl_tuned.yaml`` / ``focl_normalized.yaml`` declare (``tune:`` / ``seeds:``) for the table
+``conf/table/focl_tuned.yaml`` declares (``tune:`` / ``seeds:``) for the table
 renderer.
 
     python experiments/scripts/focl_tuned_table.py --out /work/results/focl_tuned
