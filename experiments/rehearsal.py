@@ -117,9 +117,12 @@ def _data(cfg: DictConfig, r: DictConfig, paradigm: str) -> list[str]:
         from data.continual_sources import SOURCES
 
         _cap(cfg, "continual.replay_batch", n)
-        _cap(cfg, "data.batch_size", 2)
+        _cap(cfg, "data.batch_size", 1)  # a task's few images must fill one generator step's critic batches
         _cap(cfg, "eval.n_per_class", n)
         _cap(cfg, "eval.samples_per_class", 2)
+        _set(cfg, "data.val_fraction", 0.5)  # a few images per class: the carve must leave each class some
+        _cap(cfg, "generator.n_critic", 2)  # and one generator step's critic batches must fit in what is left
+        _set(cfg, "eval.min_classifier_acc", 0.0)  # a judge of random-looking fixture images cannot be held to 0.9
         hf_id = get(cfg, "data.hf_id") or SOURCES[str(cfg.data.source)].hf_id
         return [hf_id] if hf_id in fixtures.HUB else []
     return []

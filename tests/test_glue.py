@@ -175,7 +175,7 @@ def test_offline_topics_do_not_depend_on_other_imports():
     (["data.task=squad"], "data.task='squad' is not a GLUE task; valid choices: cola, sst2"),
     (["eval.metric=test/pearson"], "eval.metric='test/pearson' is not measured for data.task=stdlib_topics"),
     (["data=glue_sst2", "data.source=builtin"], "data.source=builtin but data.task='sst2' is not built offline"),
-    (["data.source=./no/such/folder"], "data.source='./no/such/folder': no such folder"),
+    (["data.source=./no/such/folder"], "data.source='./no/such/folder': no such file or folder"),
     (["adapter.r_min=3"], "adapter.r_min=3 must be <= adapter.r_max=1"),
     (["model.name_or_path=random:nosucharch"], "unknown architecture 'nosucharch'"),
     (["export.submodels=[best]"], "export.submodels: 'best': the GLUE paradigm exports the largest sub-model only"),

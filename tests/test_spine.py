@@ -144,7 +144,8 @@ def test_corrupt_checkpoint_for_eval_is_one_line(env, tmp_path):
 
 
 def test_each_log_line_is_printed_once(env, data_file, tmp_path):
-    proc = run([*TINY, f"data.source={data_file}", f"hydra.run.dir={tmp_path}"], env)
+    # Lightning's banners are silenced by default (experiments/core/quiet.py); hydra.verbose=true brings them back
+    proc = run([*TINY, f"data.source={data_file}", f"hydra.run.dir={tmp_path}", "hydra.verbose=true"], env)
     assert proc.returncode == 0
     out = proc.stdout + proc.stderr
     assert out.count("GPU available") == 1 and out.count("`Trainer.fit` stopped") == 1

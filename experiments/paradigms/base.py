@@ -128,8 +128,7 @@ class Paradigm:
         if not trainer.is_global_zero:
             return None
         exported = self.after_eval(ctx.cfg, module, metrics, ctx.run_dir)  # may add keys (costs per sub-model)
-        finish_wandb(trainer, metrics)
-        table = write_results(ctx.run_dir, metrics, self.PLOT_METRICS)
+        table = write_results(ctx.run_dir, metrics, self.PLOT_METRICS, before_marker=lambda: finish_wandb(trainer, metrics))
         print(f"\nResults per sub-model ({ctx.run_dir}):\n{table}")
         print(best_line(metrics, ctx.cfg.eval.metric))
         if "memory/train_peak_mib" in metrics:

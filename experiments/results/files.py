@@ -13,7 +13,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from modules.submodel import SubModel, split_metric_key
 
@@ -135,15 +135,19 @@ def submodel_table(metrics: Mapping[str, float]) -> tuple[list[str], list[list[A
     return header, [[s.key or "full", *[table[s].get(c) for c in columns]] for s in subs]
 
 
-def write_results(run_dir: Path, metrics: Mapping[str, Any], plot_metrics: Sequence[str]) -> str:
-    """The per-cell table (results.md / .csv), the metric-vs-sub-model plot and results.json, written last
-    (atomically): a folder holding results.json is a finished run. Returns the table."""
+def write_results(run_dir: Path, metrics: Mapping[str, Any], plot_metrics: Sequence[str],
+                  before_marker: Callable[[], None] | None = None) -> str:
+    """The per-cell table (results.md / .csv), the metric-vs-sub-model plot, then ``before_marker`` (W&B, which
+    uploads that table and plot) and results.json, written last (atomically): a folder holding results.json is
+    a finished run. Returns the table."""
     header, rows = submodel_table(metrics)
     table = markdown_table(header, rows)
     (run_dir / "results.md").write_text(table + "\n")
     write_csv(run_dir / "results.csv", header, rows)
     plot_submodel_curve(metrics, [n for n in plot_metrics if any(k.startswith(n) for k in metrics)],
                         run_dir / "results.png")
+    if before_marker is not None:
+        before_marker()
     write_json(run_dir / "results.json", metrics)
     return table
 
