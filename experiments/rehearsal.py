@@ -7,8 +7,9 @@
   depths, Whisper probe layers), else ``rehearsal.layers``; the PandaLM judge likewise (a shrunk LLaMA);
 - data: the generated copy of the preset's dataset in its real schema (data/fixtures.py), read by the same
   loader (``$LAB_DATASETS_MIRROR`` for hub ids, ``data.root`` for speech folders), a few examples per split;
-- trainer: the CPU, ``rehearsal.steps`` optimizer steps, ``rehearsal.eval_batches`` batches per evaluation; a
-  strategy that needs GPUs (FSDP, DeepSpeed, multi-GPU DDP) is dropped and named in ``notes``
+- trainer: one device (``rehearsal.accelerator``: the CPU, or one GPU in bf16 for the GPU check),
+  ``rehearsal.steps`` optimizer steps, ``rehearsal.eval_batches`` batches per evaluation; a strategy that
+  needs several GPUs (FSDP, DeepSpeed, multi-GPU DDP) is dropped and named in ``notes``
   ("not rehearsed on CPU: fsdp").
 
 Everything after training (the evaluation grid, generations, tables, exports) runs as the preset says.
@@ -25,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.core.config import get
 from experiments.results.files import write_json
+from experiments.results.tables import rehearsal_caption
 
-CAPTION = "REHEARSAL ({name}): random shrunk models on generated data, a few CPU steps; not results."
 GPU_STRATEGIES = ("fsdp", "deepspeed", "ddp", "ddp_spawn")
 
 
@@ -36,7 +37,7 @@ def enabled(cfg: DictConfig) -> bool:
 
 def caption(cfg_or_name: Any) -> str:
     name = cfg_or_name if isinstance(cfg_or_name, str) else get(cfg_or_name, "rehearsal.name", "tiny")
-    return CAPTION.format(name=name)
+    return rehearsal_caption(name)
 
 
 def _set(cfg: DictConfig, key: str, value: Any) -> None:
@@ -186,9 +187,14 @@ def _trainer(cfg: DictConfig, r: DictConfig, paradigm: str, notes: list[str]) ->
         why = {"ddp": " (2 gloo processes would relaunch the command; trainer=ddp_cpu rehearses DDP)",
                "ddp_spawn": " (trainer=ddp_cpu rehearses DDP)"}.get(kind, " (it shards over GPUs)")
         notes.append(f"not rehearsed on CPU: {kind}{why}")
+    gpu = str(r.get("accelerator", "cpu")) == "gpu"
     precision = str(get(cfg, "trainer.precision", "32-true"))
-    settings = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
-                "precision": precision if precision in ("32-true", "32", "bf16-mixed", "bf16-true") else "32-true",
+    if gpu:
+        precision = "bf16-mixed"  # what the full-scale presets train in
+    elif precision not in ("32-true", "32", "bf16-mixed", "bf16-true"):
+        precision = "32-true"  # 16-mixed needs a GPU
+    settings = {"accelerator": "gpu" if gpu else "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+                "precision": precision,
                 "limit_val_batches": int(r.eval_batches), "limit_test_batches": int(r.eval_batches),
                 "val_check_interval": None, "check_val_every_n_epoch": 10_000,  # no validation inside the few steps
                 "log_every_n_steps": 1, "max_epochs": -1}
@@ -202,7 +208,7 @@ def _trainer(cfg: DictConfig, r: DictConfig, paradigm: str, notes: list[str]) ->
         if get(cfg, f"trainer.{key}") is not None:
             cfg.trainer.pop(key)
     if get(cfg, "estimate.check") not in (None, "false", False):
-        _set(cfg, "estimate.check", "auto")  # a CPU trainer: no GPU-memory check
+        _set(cfg, "estimate.check", "auto")  # checked against the card only when the trainer is on a GPU
 
 
 # --- the record --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import statistics
 import time
-from typing import Callable, ClassVar, Optional, Sequence
+from typing import Callable, ClassVar, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +35,8 @@ def _step(module: Callable, x: torch.Tensor, params: Sequence[torch.Tensor]) -> 
         for p in params:  # a fresh gradient each call, as after an optimizer's zero_grad
             p.grad = None
         x.grad = None
+        if x.is_cuda:  # kernels run asynchronously: the call is timed to its end
+            torch.cuda.synchronize(x.device)
     return run
 
 
@@ -81,13 +83,13 @@ def _lokr(base: nn.Module, a_shape, b_shape) -> nn.Module:
     return layer
 
 
-def _nf4(d: int) -> nn.Module:
+def _nf4(d: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     import bitsandbytes as bnb
 
     lin = nn.Linear(d, d)
-    q = bnb.nn.Linear4bit(d, d, bias=True, compute_dtype=torch.float32, quant_type="nf4")
+    q = bnb.nn.Linear4bit(d, d, bias=True, compute_dtype=dtype, quant_type="nf4")
     q.load_state_dict(lin.state_dict())
-    q = q.to("cpu")  # quantizes on the CPU
+    q = q.to(device)  # quantizes on the device
     q.support_avx512bf16_for_cpu = False  # keep the autograd path (the repacked inference kernel has none)
     return q.requires_grad_(False)
 
@@ -98,21 +100,26 @@ def _row(d, case, impl, a_shape, b_shape, params, flops, times, **extra):
 
 
 def benchmark_kronecker(dims: Sequence[int] = (768, 4096), tokens: int = 512, repeats: int = 5, warmup: int = 2,
-                        nf4: bool = True, seed: int = 0, verbose: bool = True) -> list[dict]:
+                        nf4: bool = True, seed: int = 0, verbose: bool = True, device: str = "cpu",
+                        dtype: str = "float32") -> list[dict]:
     """Rows (one per implementation and case) with forward FLOPs, trainable params and median times of
-    forward + backward on ``tokens`` tokens; prints a Markdown table when ``verbose``."""
+    forward + backward on ``tokens`` tokens; prints a Markdown table when ``verbose``. ``device`` / ``dtype``
+    hold every weight and input (cuda + bfloat16: the GPU check)."""
     rows = []
+    kind = getattr(torch, dtype)
     for d in dims:
         torch.manual_seed(seed)
         a_shape, b_shape = factor_shapes(d, d)
         n_kron, f_kron = kron_params(a_shape, b_shape), kron_flops(a_shape, b_shape, tokens=tokens)
         f_dense = 2 * tokens * d * d
-        x = torch.randn(tokens, d, requires_grad=True)  # (N, C), the same input for every implementation
+        # (N, C), the same input for every implementation
+        x = torch.randn(tokens, d, device=device, dtype=kind, requires_grad=True)
         base = nn.Linear(d, d).requires_grad_(False)
         ours = KronALinear(copy.deepcopy(base), a_shape, b_shape)
         with torch.no_grad():
             ours.kron_B.normal_()
         peer = _lokr(copy.deepcopy(base), a_shape, b_shape)
+        ours, peer = ours.to(device, kind), peer.to(device, kind)
         ours_p = [ours.kron_A, ours.kron_B]
         peer_p = [p for p in peer.parameters() if p.requires_grad]
         assert sum(p.numel() for p in peer_p) == n_kron
@@ -133,20 +140,21 @@ def benchmark_kronecker(dims: Sequence[int] = (768, 4096), tokens: int = 512, re
                       layer0[PEER])]
         del peer, ours
         if nf4:
-            q = _nf4(d)
-            ours_q = KronALinear(q, a_shape, b_shape)
+            q = _nf4(d, device, kind)
+            ours_q = KronALinear(q, a_shape, b_shape).to(device)
+            ours_q.kron_A.data, ours_q.kron_B.data = ours_q.kron_A.data.to(kind), ours_q.kron_B.data.to(kind)
             times = _time_pair({OURS: _step(ours_q, x, [ours_q.kron_A, ours_q.kron_B])}, repeats, warmup)[OURS]
             rows.append(_row(d, "nf4 layer", OURS, a_shape, b_shape, n_kron, f_dense + f_kron, times))
             try:
-                peer_q = _lokr(_nf4(d), a_shape, b_shape)
+                peer_q = _lokr(_nf4(d, device, kind), a_shape, b_shape).to(device)
                 t = _time_pair({PEER: _step(peer_q, x, [p for p in peer_q.parameters() if p.requires_grad])},
                                repeats, warmup)[PEER]
                 rows.append(_row(d, "nf4 layer", PEER, a_shape, b_shape, n_kron, float("nan"), t))
             except Exception as e:  # the peer's failure is the result
                 rows.append(_row(d, "nf4 layer", PEER, a_shape, b_shape, n_kron, float("nan"), (float("nan"),) * 2,
                                  error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"))
-        kron = KroneckerLinear(d, d, a_shape, b_shape)
-        dense = nn.Linear(d, d)
+        kron = KroneckerLinear(d, d, a_shape, b_shape).to(device, kind)
+        dense = nn.Linear(d, d).to(device, kind)
         t = _time_pair({"KroneckerLinear": _step(kron, x, list(kron.parameters())),
                         "nn.Linear": _step(dense, x, list(dense.parameters()))}, repeats, warmup)
         rows += [_row(d, "dense vs kron", "KroneckerLinear", a_shape, b_shape, n_kron + d, f_kron,
@@ -213,7 +221,7 @@ def benchmark_task(cfg) -> list[dict]:
     if b.threads:
         torch.set_num_threads(int(b.threads))
     rows = benchmark_kronecker(list(b.dims), int(b.tokens), int(b.repeats), int(b.warmup), bool(b.nf4),
-                               int(b.seed), verbose=False)
+                               int(b.seed), verbose=False, device=str(b.device), dtype=str(b.dtype))
     table = markdown_table(rows, int(b.tokens))
     run_dir = run_dir_of()
     write_json(run_dir / "benchmark.json", {"rows": rows})
@@ -233,3 +241,5 @@ class KroneckerBenchmarkSchema:
     nf4: bool = True
     seed: int = 0
     threads: Optional[int] = 1
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16"] = "float32"

@@ -64,9 +64,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core.config import ConfigError, get, int_list, require_choice, require_int, require_number
+from experiments.core.config import CONF_DIR, ConfigError, get, int_list, require_choice, require_int, require_number
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MIB = 1024 ** 2
 VARIANTS = {  # name -> (implementation, NF4 base, rank mode); run in this order
     "ours_fixed": ("ours", False, "fixed"),

@@ -51,10 +51,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core.config import ConfigError, get, require_int, require_number
+from experiments.core.config import CONF_DIR, ConfigError, get, require_int, require_number
 
 GIB = 1024 ** 3
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # Shapes of the paper's models, COPIED from each model's config.json on the HF hub (the keys that fix the
 # parameter count and the activation sizes; no weights). Used when the hub cannot be reached. The keys

@@ -28,6 +28,7 @@ ALLOWED_TARGETS = frozenset({
 })
 PROJECT_PACKAGES = ("modules", "data", "experiments", "hydra_plugins")
 _ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+CONF_DIR = _ROOT / "conf"  # the config groups (run.py's config_path)
 
 
 class ConfigError(ValueError):

@@ -29,6 +29,18 @@ SPEC_KEYS = ("name", "title", "metric", "rows", "axis", "values", "row_axes", "r
 TUNE_KEYS = ("select", "mode", "knobs")
 PROBLEMS = ("failed", "diverged", "unfinished", "missing")  # a run that gives no number, in the order shown
 TABLE_DIR = Path(__file__).resolve().parents[2] / "conf" / "table"
+REHEARSAL = "REHEARSAL ({name}): random shrunk models on generated data, a few steps; not results."
+
+
+def rehearsal_caption(name: str) -> str:
+    """What heads every table and results file of a rehearsed run (experiments/rehearsal.py)."""
+    return REHEARSAL.format(name=name)
+
+
+def rehearsals_of(jobs: Sequence[Mapping]) -> list[str]:
+    """The rehearsal names among the jobs' results (``"rehearsal": "tiny"``); empty for real runs."""
+    return sorted({str(j["metrics"]["rehearsal"]) for j in jobs
+                   if isinstance(j.get("metrics"), Mapping) and j["metrics"].get("rehearsal")})
 
 
 # --- the runs a table reads --------------------------------------------------------------------------
@@ -392,6 +404,7 @@ def meta_of(spec: Mapping[str, Any], jobs: Sequence[Mapping], rows: Sequence[Seq
             f", mean ± std over the runs of a cell, which differ only in `{seeds}`: n = "
             f"{'–'.join(map(str, sorted({ns[0], ns[-1]}))) if ns else 0} per cell (shown as (n=…) above 1; one run: no ±)."]
     meta.append(_selection_of(spec, tuned))
+    meta[:0] = [rehearsal_caption(name) for name in rehearsals_of(jobs)]  # never mistaken for results
     bad = [why for j in jobs if (why := _problem_of(spec["metric"], j))]
     if bad:
         meta.append(f"Runs that gave no number ({_count(bad)}) are counted in the `not finished` column of their "
@@ -439,7 +452,8 @@ def write_table(spec: Mapping[str, Any], jobs: list[dict[str, Any]], out: Path) 
     png = plot_table(spec, good, header, rows, out / f"{name}.png", label)
     markdown = markdown_of(spec, header, rows, jobs, png.name if png else None, tuned)
     (out / f"{name}.md").write_text(markdown)
-    (out / f"{name}.tex").write_text(render(header, rows, "latex") + "\n")
+    marks = "".join(f"% {rehearsal_caption(r)}\n" for r in rehearsals_of(jobs))
+    (out / f"{name}.tex").write_text(marks + render(header, rows, "latex") + "\n")
     write_csv(out / f"{name}.csv", *csv_rows(header, rows))
     return {"spec": spec, "header": header, "rows": rows, "markdown": markdown, "png": png, "jobs": jobs,
             "tuned": tuned}

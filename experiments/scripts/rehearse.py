@@ -12,8 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from experiments.core.config import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
 
 
 def full_scale_presets() -> list[str]:
