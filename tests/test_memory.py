@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from experiments.core.config import ConfigError
-from experiments.benchmarks.memory import (GIB, KNOWN_CONFIGS, check_fits, count_model, estimate, load_config, nf4_bytes)
+from experiments.core.estimate import (GIB, KNOWN_CONFIGS, check_fits, count_model, estimate, load_config, nf4_bytes)
 from modules.adapters.nested_lora import inject_nested_lora
 from tests.conftest import LORA_TARGETS, ROOT, tiny_llama_config
 

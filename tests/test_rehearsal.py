@@ -133,8 +133,8 @@ def test_shrunk_models_keep_the_class():
 
 def test_time_estimate_matches_a_hand_computation(tmp_path):
     """task=estimate's time per phase for QDyLoRA LLaMA-2-13B on GSM8K, recomputed by hand."""
-    from experiments.benchmarks.cost import cost_phases, split_rows
-    from experiments.benchmarks.memory import _estimate_node
+    from experiments.core.cost import cost_phases, split_rows
+    from experiments.core.estimate import _estimate_node
     from experiments.scripts.rehearse import compose_run
 
     cfg = _estimate_node(compose_run("qdylora/llama2_13b_gsm8k", tmp_path, rehearsal="none"))
@@ -150,3 +150,23 @@ def test_time_estimate_matches_a_hand_computation(tmp_path):
     nf4 = 0.5 * 17 / 16
     assert abs(gen.efficiency - min(0.235, (2 * 8 / nf4) / (989 / 4.8))) < 1e-12
     assert not notes
+
+
+def test_a_gpu_run_states_its_memory_and_time_before_it_loads(tmp_path, capsys):
+    """The first lines of a GPU run: check_fits' estimate and the time per phase, the numbers task=estimate
+    reports (its cost table is computed by the same cost_phases)."""
+    from experiments.core.cost import cost_phases
+    from experiments.core.estimate import _estimate_node, estimate
+    from experiments.paradigms.lm import LMParadigm
+    from experiments.scripts.rehearse import compose_run
+
+    cfg = compose_run("qdylora/llama2_13b_gsm8k", tmp_path, ("trainer=gpu",), rehearsal="none")
+    LMParadigm().check_resources(cfg)
+    memory, time_line = capsys.readouterr().out.strip().splitlines()
+    est = estimate(cfg)
+    assert memory.startswith(f"memory estimate: peak {est.peak_gib:.1f} GiB, {est.total_gib:.1f} GiB with overhead")
+    phases, _ = cost_phases(_estimate_node(cfg), est.counts.base_params)
+    hours = [p.hours(989) for p in phases]
+    assert time_line == (f"time estimate on NVIDIA H200: training {hours[0]:.2f} h, evaluation: generations "
+                         f"{hours[1]:.2f} h; {sum(hours):.1f} GPU-hours (task=estimate for the table)")
+    assert 1.0 < hours[0] < 2.0 and 0.05 < hours[1] < 0.3  # 1.43 h and 0.14 h (docs/rehearsal.md)

@@ -95,3 +95,17 @@ def test_bad_tune_specs_are_one_line(tune, message):
         load_spec({**SPEC, "tune": tune})
     with pytest.raises(ConfigError, match="a table reports test numbers"):
         load_spec({**SPEC, "metric": "final/val/score"})
+
+
+def test_a_table_of_rehearsed_runs_says_so_in_its_caption_and_latex(tmp_path):
+    """A rehearsal's numbers are never mistaken for results: task=report tables of rehearsed runs are marked."""
+    spec = load_spec({"name": "r", "metric": "final/score", "rows": ["regularizer"], "axis": "measure",
+                      "values": ["avg_acc"]})
+    for i, rehearsal in enumerate(("tiny", None)):
+        metrics = {"final/score@measure=avg_acc": 0.5, **({"rehearsal": rehearsal} if rehearsal else {})}
+        _job(tmp_path / "runs", f"job{i}", [f"regularizer=pixel", f"seed={i}"], metrics)
+    rehearsed = write_table(spec, find_jobs(tmp_path / "runs"), tmp_path / "out")
+    assert "REHEARSAL (tiny): random shrunk models on generated data" in rehearsed["markdown"]
+    assert (tmp_path / "out" / "r.tex").read_text().startswith("% REHEARSAL (tiny)")
+    real = write_table(spec, find_jobs(tmp_path / "runs" / "job1"), tmp_path / "out_real")
+    assert "REHEARSAL" not in real["markdown"] and "REHEARSAL" not in (tmp_path / "out_real" / "r.tex").read_text()

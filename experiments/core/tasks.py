@@ -15,7 +15,7 @@ from experiments.core.config import ConfigError, get, require_choice
 
 # Tasks that need no training paradigm: "module:function".
 STANDALONE = {"report": "experiments.results.report:report_task",
-              "estimate": "experiments.benchmarks.memory:estimate_task",
+              "estimate": "experiments.core.estimate:estimate_task",
               "benchmark": "experiments.benchmarks:benchmark_task",
               "select": "experiments.results.select:select_task"}
 TASKS = ("train", "eval", *STANDALONE)

@@ -152,9 +152,10 @@ class LMParadigm(Paradigm):
         check_judge(cfg)
 
     def check_resources(self, cfg: DictConfig) -> None:
-        from experiments.benchmarks.memory import check_fits
+        from experiments.core.estimate import preflight
 
-        check_fits(cfg)  # a GPU run that cannot fit estimate.gpu_gib stops here (skipped on the CPU)
+        for line in preflight(cfg):  # a GPU run that cannot fit estimate.gpu_gib stops here (skipped on the CPU)
+            print(line)
 
     # --- building --------------------------------------------------------------------------------
     def build(self, cfg: DictConfig):

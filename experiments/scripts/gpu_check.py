@@ -6,7 +6,7 @@ Steps, each against its peer on the same weights, inputs and shapes, in this ord
    LLaMA-2-7B shape, bf16 compute, batch 4 x 1024 tokens, r = 64 on all seven linear maps, gradient
    checkpointing, AdamW (experiments/benchmarks/lora.py): tokens/s, peak memory, MFU (6N FLOPs per token:
    forward, input gradients, recomputed forward, N = base parameters, over the card's bf16 peak) and the
-   memory estimate (experiments/benchmarks/memory.py) beside each measured peak.
+   memory estimate (experiments/core/estimate.py) beside each measured peak.
 2. ``kronecker``: KronA vs PEFT LoKr, and KroneckerLinear vs nn.Linear, at d = 4096 in bf16
    (experiments/benchmarks/kronecker.py).
 3. ``decoding``: SoFT's decoding cost per token on a LLaMA-2-7B-shaped model: greedy at full depth vs greedy
@@ -64,7 +64,7 @@ def qlora_step(size: dict, out: Path) -> dict[str, Any]:
     from transformers import LlamaConfig
 
     from experiments.benchmarks.lora import load_yaml, run_benchmark
-    from experiments.benchmarks.memory import count_model, estimate_components
+    from experiments.core.estimate import count_model, estimate_components
 
     b = load_yaml(CONF_DIR / "benchmark" / f"{size['benchmark']}.yaml")
     b = OmegaConf.merge(b, {"variants": ["ours_nf4_dynamic", "ours_nf4_fixed", "peft_qlora"],
@@ -161,7 +161,7 @@ def rehearsal_step(size: dict, out: Path) -> dict[str, Any]:
         tail = (out / "rehearsal.log").read_text().strip().splitlines()[-1:]
         raise RuntimeError(f"{' '.join(cmd[1:])} exited {rc}: {tail[0] if tail else ''} (log: {out / 'rehearsal.log'})")
     results = json.loads((run / "results.json").read_text())
-    from experiments.benchmarks.memory import estimate
+    from experiments.core.estimate import estimate
 
     est = estimate(OmegaConf.load(run / ".hydra" / "config.yaml"))
     metrics = {k: v for k, v in results.items() if k.startswith(("best/", "memory/"))}
@@ -198,7 +198,7 @@ def markdown(report: dict[str, Any]) -> str:
                                  [[r["variant"], _num(r["tokens_per_s"], ".0f"), _num(r["mfu"], ".1%"),
                                    _num(r["peak_mib"], ".0f"), _num(r["estimate_mib"], ".0f"),
                                    f"{r['trainable_params']:,}", _num(r["mean_rank"], ".1f")] for r in q["rows"]]),
-                  "", f"peak: {q['rows'][0]['peak_source']}; estimate: experiments/benchmarks/memory.py at rank r_max", ""]
+                  "", f"peak: {q['rows'][0]['peak_source']}; estimate: experiments/core/estimate.py at rank r_max", ""]
     if "rows" in steps.get("kronecker", {}):
         lines += ["## KronA vs PEFT LoKr, KroneckerLinear vs nn.Linear (forward + backward)", "",
                   markdown_table(["d", "case", "implementation", "ms", "speed-up vs peer", "error"],

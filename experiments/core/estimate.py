@@ -402,6 +402,20 @@ def check_fits(cfg: DictConfig, force: bool = False) -> Estimate | None:
     return est
 
 
+def preflight(cfg: DictConfig) -> list[str]:
+    """What a GPU run says before it loads anything (``check_fits`` first: a run that cannot fit stops):
+    its peak memory against the card and its expected time per phase; empty when the check is skipped."""
+    from experiments.core.cost import cost_line, cost_phases
+
+    est = check_fits(cfg)
+    if est is None:
+        return []
+    node = _estimate_node(cfg)
+    phases, _ = cost_phases(node, est.counts.base_params)
+    return [f"memory estimate: peak {est.peak_gib:.1f} GiB, {est.total_gib:.1f} GiB with overhead, fits "
+            f"estimate.gpu_gib={est.gpu_gib:g}", cost_line(phases, node)]
+
+
 def format_report(est: Estimate) -> str:
     from experiments.results.files import markdown_table
 
@@ -421,7 +435,7 @@ def estimate_task(cfg: DictConfig) -> float:
     from experiments.results.files import write_json
     from experiments.core.runtime import run_dir_of
 
-    from experiments.benchmarks.cost import cost_phases, format_cost
+    from experiments.core.cost import cost_phases, format_cost
 
     est = estimate(cfg)
     phases, notes = cost_phases(_estimate_node(cfg), est.counts.base_params)

@@ -143,3 +143,12 @@ def format_cost(phases: list[Phase], cfg: DictConfig, notes: list[str]) -> tuple
             "phases": [{"name": p.name, "work": p.work, "flops": p.flops, "efficiency": p.efficiency,
                         "devices": p.devices, "wall_hours": p.hours(peak)} for p in phases], "notes": notes}
     return text, data
+
+
+def cost_line(phases: list[Phase], cfg: DictConfig) -> str:
+    """One line for the start of a run: the time per phase and the GPU-hours, before anything loads."""
+    peak = float(cfg.estimate.peak_tflops)
+    parts = [f"{p.name} {p.hours(peak):.2f} h" for p in phases]
+    total = sum(p.hours(peak) * p.devices for p in phases)
+    return f"time estimate on {cfg.estimate.gpu}: {', '.join(parts)}; {total:.1f} GPU-hours (task=estimate for the table)"
+
