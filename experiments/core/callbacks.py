@@ -14,12 +14,20 @@ MIB = 1024 ** 2
 
 
 def process_peak_rss_bytes() -> int:
-    """The process's peak resident set size so far (``ru_maxrss``; it cannot be reset)."""
+    """The process's peak resident set size so far (it cannot be reset). On Linux the larger of
+    ``ru_maxrss``, ``VmHWM`` and the current ``VmRSS``: ``ru_maxrss`` reads approximate per-CPU counters on
+    recent kernels and can lag a fresh allocation, while /proc sums them exactly."""
     import resource
     import sys
 
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                peak = max(peak, int(line.split()[1]) * 1024)
+    return peak
 
 
 def reset_peak_memory(device: torch.device) -> None:
