@@ -39,6 +39,30 @@ def test_full_scale_presets_name_real_hub_ids():
         assert cfg.data.source in {"alpaca", "gsm8k"}
 
 
+def _option_lines(path: Path) -> set[str]:
+    """The ``key: value`` lines of a preset (comments, blanks and bare group headers left out)."""
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return {line for line in lines if ":" in line and not line.endswith(":")}
+
+
+def test_variants_of_a_paper_inherit_instead_of_copying():
+    """A variant (another base model, dataset or task) lists its paper's base preset in its defaults and states
+    only what differs; two presets sharing this many settings have been copied (the stage presets of KnGPT2
+    share 13, the most today)."""
+    for paper in (ROOT / "conf" / "experiment").iterdir():
+        presets = sorted(paper.glob("*.yaml"))
+        for i, a in enumerate(presets):
+            for b in presets[i + 1:]:
+                shared = _option_lines(a) & _option_lines(b)
+                assert len(shared) < 14, f"{a.relative_to(ROOT)} and {b.name} share {len(shared)} settings"
+    thin = {"qdylora/llama_13b": "qdylora/llama_7b", "qdylora/falcon_40b": "qdylora/llama_7b",
+            "sortednet/vit_b16_cifar100": "sortednet/vit_b16_cifar10", "focl/svhn": "focl/mnist",
+            "whisper/er_iemocap": "whisper/ks_speech_commands"}
+    for variant, base in thin.items():
+        defaults = OmegaConf.load(ROOT / "conf" / "experiment" / f"{variant}.yaml").defaults
+        assert defaults[0] == f"/experiment/{base}", variant
+
+
 def test_every_option_in_a_group_yaml_has_a_comment():
     """Users read the yaml files as documentation: each group file starts with a comment line."""
     for path in (ROOT / "conf").rglob("*.yaml"):
