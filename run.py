@@ -67,7 +67,7 @@ def _error_line(err: BaseException) -> tuple[int, str]:
     return 1, str(err)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")  # absolute: also when imported
 def main(cfg: DictConfig) -> float | None:
     from experiments.core.quiet import quiet_libraries
 
@@ -128,6 +128,8 @@ def _check_targets_before_hydra_callbacks() -> None:
     from experiments.core.config import ConfigError, check_targets
 
     original = callbacks.Callbacks.__init__
+    if getattr(original, "checks_targets", False):  # already in place (cli called again in one process)
+        return
 
     def checked(self, config=None, *args, **kwargs):
         if config is not None:
@@ -139,6 +141,7 @@ def _check_targets_before_hydra_callbacks() -> None:
                 sys.exit(2)
         original(self, config, *args, **kwargs)
 
+    checked.checks_targets = True
     callbacks.Callbacks.__init__ = checked
 
 
@@ -161,18 +164,35 @@ def _exit_code_of(err: Exception) -> tuple[int, str | None]:
     raise err
 
 
-if __name__ == "__main__":
-    if _short_help(sys.argv[1:]):
-        sys.exit(0)
-    _check_group_choices(sys.argv[1:])
-    _check_targets_before_hydra_callbacks()
+def cli(argv: list[str]) -> int:
+    """What ``python run.py <argv>`` does, as a function (the tests call it in-process): its exit status."""
     full_error = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's errors reach us unprinted, to be said in one line
+    saved_argv = sys.argv
     try:
-        main()
-    except Exception as failure:
-        if full_error == "1":
-            raise
-        code, line = _exit_code_of(failure)
-        print(f"error: {line}", file=sys.stderr)
-        sys.exit(code)
+        if _short_help(argv):
+            return 0
+        _check_group_choices(argv)
+        _check_targets_before_hydra_callbacks()
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's errors reach us unprinted, to be said in one line
+        sys.argv = [str(Path(__file__).resolve()), *argv]  # hydra.main reads the command line from sys.argv
+        try:
+            main()
+        except Exception as failure:
+            if full_error == "1":
+                raise
+            code, line = _exit_code_of(failure)
+            print(f"error: {line}", file=sys.stderr)
+            return code
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        sys.argv = saved_argv
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -14,12 +14,51 @@ sys.path.insert(0, str(ROOT))
 os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
                   WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
 
-def run(args, env, cwd=ROOT, timeout=300):
-    """``python run.py <args>`` as a user runs it: a subprocess, output captured."""
+def run(args, env, cwd=ROOT, timeout=300, process=False):
+    """``python run.py <args>`` as a user runs it, output captured: in this process through ``run.cli`` (no
+    interpreter start and imports per call), or with ``process=True`` in a subprocess (what needs a process
+    of its own: a fresh interpreter's warnings, signals, launchers that fork)."""
     import subprocess
 
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    if process:
+        return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    return _run_in_process([str(a) for a in args], env, cwd)
+
+
+def _run_in_process(args, env, cwd):
+    import contextlib
+    import io
+    import logging
+    import subprocess
+    import traceback
+
+    import torch
+
+    import run as entry  # run.py at the repository root
+
+    saved_env, saved_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = entry.cli(list(args))
+            except BaseException:  # what would end a real process with a traceback
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        torch.set_num_threads(threads)
+        root = logging.getLogger()
+        for handler in root.handlers[:]:  # Hydra's handlers of this run (its log file, the captured stdout)
+            root.removeHandler(handler)
+            handler.close()
+    return subprocess.CompletedProcess([sys.executable, "run.py", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_until_killed(args, env, marker: Path, timeout: float = 120) -> None:

@@ -1,4 +1,4 @@
-"""run.py as a user runs it: subprocesses, tiny random model, offline."""
+"""run.py as a user runs it (its cli, in this process; a subprocess where a fresh interpreter matters): tiny random model, offline."""
 import json
 from pathlib import Path
 
@@ -160,7 +160,8 @@ def test_wandb_logger_goes_offline_without_an_api_key(env, data_file, tmp_path):
 
 def test_a_run_prints_no_library_notices_unless_hydra_verbose(env, data_file, tmp_path):
     args = [*TINY, "quantization=nf4", f"data.source={data_file}"]
-    quiet = run([*args, f"hydra.run.dir={tmp_path / 'quiet'}"], env)
+    # a fresh interpreter each: the libraries' warnings not yet shown (or silenced) by an earlier run
+    quiet = run([*args, f"hydra.run.dir={tmp_path / 'quiet'}"], env, process=True)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr[-2000:]  # no banner, tip, warning or bar
-    loud = run([*args, f"hydra.run.dir={tmp_path / 'loud'}", "hydra.verbose=true"], env)
+    loud = run([*args, f"hydra.run.dir={tmp_path / 'loud'}", "hydra.verbose=true"], env, process=True)
     assert loud.returncode == 0 and "GPU available" in loud.stdout + loud.stderr  # Lightning's banner is back

@@ -145,7 +145,8 @@ def test_corrupt_checkpoint_for_eval_is_one_line(env, tmp_path):
 
 def test_each_log_line_is_printed_once(env, data_file, tmp_path):
     # Lightning's banners are silenced by default (experiments/core/quiet.py); hydra.verbose=true brings them back
-    proc = run([*TINY, f"data.source={data_file}", f"hydra.run.dir={tmp_path}", "hydra.verbose=true"], env)
+    proc = run([*TINY, f"data.source={data_file}", f"hydra.run.dir={tmp_path}", "hydra.verbose=true"], env,
+               process=True)  # a fresh interpreter: its banners not yet silenced by an earlier run
     assert proc.returncode == 0
     out = proc.stdout + proc.stderr
     assert out.count("GPU available") == 1 and out.count("`Trainer.fit` stopped") == 1
