@@ -2,7 +2,8 @@
 
 A schema is a dataclass whose fields are the group's options: the annotation is the type (``int``,
 ``float``, ``bool``, ``str``, ``Optional[...]``, ``list[int]``, ``Literal[...]`` choices, ``Any``) and
-``opt(min=, max=, below=)`` gives the range. A ``closed`` schema also rejects keys it does not know (a
+``opt(min=, max=, below=)`` gives the range (of every element, for a list); ``opt(length=)`` or
+``opt(min_len=)`` the length of a list (``min_len=1``: not empty). A ``closed`` schema also rejects keys it does not know (a
 typo in ``adapter.dropuot`` is an error, not a silently ignored option); an open one (``trainer``: any
 Lightning Trainer argument) checks only the options it names. ``check(cfg, "adapter", LoraSchema)``
 raises ``ConfigError`` with one line naming the key, the bad value and the valid choices.
@@ -19,28 +20,40 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from experiments.core.config import ConfigError
+from modules.options import option as opt  # noqa: F401  (the one field helper; adapters use it too)
 
 META_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
-def opt(default: Any = None, *, min: float | None = None, max: float | None = None,  # noqa: A002
-        below: float | None = None) -> Any:
-    """A schema field: ``min``/``max`` inclusive bounds, ``below`` an exclusive upper bound."""
-    return dataclasses.field(default=default, metadata={"min": min, "max": max, "below": below})
-
-
 # --- the checker ------------------------------------------------------------------------------------
-def _describe(tp: Any) -> str:
+def _describe(tp: Any, plural: bool = False) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         return "one of " + ", ".join(map(str, args))
     if origin is Union:
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+        return " or ".join("null" if a is type(None) else _describe(a, plural) for a in args)
     if origin in (list, tuple):
-        return f"a list of {_describe(args[0]) if args else 'values'}"
+        return f"{'lists' if plural else 'a list'} of {_describe(args[0], plural=True) if args else 'values'}"
     if origin is dict:
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+        return "mappings" if plural else "a mapping"
+    names = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "true/false"),
+             str: ("a string", "strings")}
+    return names[tp][plural] if tp in names else str(tp)
+
+
+def _bounds(meta: dict) -> str:
+    """The range of a field (of each element of a list) as an error says it: ``>= 0 and < 1``."""
+    parts = [f"{op} {meta[k]}" for k, op in (("min", ">="), ("max", "<="), ("below", "<")) if meta.get(k) is not None]
+    return " and ".join(parts)
+
+
+def _rules(meta: dict) -> str:
+    """A field's length and range rules, for a type error: `` (2 values, each >= 1)``."""
+    parts = ([f"{meta['length']} values"] if meta.get("length") is not None else []) + \
+            ([f"at least {meta['min_len']} value{'s' * (meta['min_len'] != 1)}"] if meta.get("min_len") else [])
+    if _bounds(meta):
+        parts.append(f"each {_bounds(meta)}" if parts else _bounds(meta))
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _choices(tp: Any) -> list[str] | None:
@@ -87,9 +100,22 @@ def _check_range(key: str, value: Any, meta: dict) -> None:
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
     if lo is not None and value < lo or hi is not None and value > hi or below is not None and value >= below:
-        parts = ([f">= {lo}"] if lo is not None else []) + ([f"<= {hi}"] if hi is not None else []) + \
-                ([f"< {below}"] if below is not None else [])
-        raise ConfigError(f"{key} must be {' and '.join(parts)}, got {value!r}")
+        raise ConfigError(f"{key} must be {_bounds(meta)}, got {value!r}")
+
+
+def _check_list(key: str, value: list, meta: dict) -> None:
+    """A list's length (``length``, ``min_len``), then the range of every element (of nested lists too)."""
+    length, min_len = meta.get("length"), meta.get("min_len")
+    if length is not None and len(value) != length:
+        raise ConfigError(f"{key} must hold exactly {length} values, got {len(value)}: {value!r}")
+    if min_len is not None and len(value) < min_len:
+        what = "must not be empty" if min_len == 1 else f"must hold at least {min_len} values"
+        raise ConfigError(f"{key} {what}, got {value!r}")
+    for i, item in enumerate(value):
+        if isinstance(item, (list, tuple)):
+            _check_list(f"{key}[{i}]", item, {**meta, "length": None, "min_len": None})
+        else:
+            _check_range(f"{key}[{i}]", item, meta)
 
 
 def check(cfg: DictConfig, group: str, schema: type) -> None:
@@ -114,8 +140,11 @@ def check(cfg: DictConfig, group: str, schema: type) -> None:
             choices = _choices(hints[name])
             if choices is not None and isinstance(value, str):
                 raise ConfigError(f"{key}={value!r} is not an option; valid choices: {', '.join(choices)}")
-            raise ConfigError(f"{key} must be {_describe(hints[name])}, got {value!r}")
-        _check_range(key, value, dict(field.metadata))
+            raise ConfigError(f"{key} must be {_describe(hints[name])}{_rules(field.metadata)}, got {value!r}")
+        if isinstance(value, (list, tuple)):
+            _check_list(key, value, dict(field.metadata))
+        else:
+            _check_range(key, value, dict(field.metadata))
     if getattr(schema, "closed", False):
         unknown = [k for k in node if k not in fields and k not in META_KEYS]
         if unknown:
