@@ -163,7 +163,7 @@ class TrainerSchema:
     """The options of Lightning's Trainer that users change most; any other Trainer argument passes."""
     closed: ClassVar[bool] = False
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"] = "cpu"
-    devices: Union[int, str, list[int]] = 1
+    devices: Union[int, str, list[int]] = opt(1, min=-1, min_len=1)  # -1: every device; a list: device ids
     strategy: Union[str, dict, None] = None  # a Lightning name, or a strategy node (trainer=fsdp, deepspeed)
     num_nodes: int = opt(1, min=1)
     precision: Union[str, int] = "32-true"
@@ -188,7 +188,7 @@ class OptimizerSchema:
     lr: float = opt(1e-3, min=0)
     weight_decay: float = opt(0.0, min=0)
     eps: float = opt(1e-8, min=0)
-    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = opt([0.9, 0.999], length=2, min=0, below=1)  # Adam's (beta1, beta2)
     momentum: float = opt(0.0, min=0)
 
 
@@ -218,7 +218,7 @@ class EvalSchema:
 @dataclasses.dataclass
 class ExportSchema:
     closed: ClassVar[bool] = False
-    submodels: list[str] = dataclasses.field(default_factory=list)
+    submodels: list[str] = opt([])  # [] (the default) exports nothing: accepted
     dir: str = "exports"
 
 

@@ -33,11 +33,11 @@ from experiments.paradigms.lm import LMParadigm, build_lm, eval_grid, training_s
 class CompressionSchema:
     closed: ClassVar[bool] = True
     kind: Literal["kronecker", "truncate", "none"] = "kronecker"
-    layers: Union[Literal["odd", "even", "all", "none"], list[int]] = "odd"
+    layers: Union[Literal["odd", "even", "all", "none"], list[int]] = opt("odd", min=0, min_len=1)  # none, not []
     embedding: bool = True
-    targets: Optional[list[str]] = None
-    a_shape: Optional[list[int]] = None
-    b_shape: Optional[list[int]] = None
+    targets: Optional[list[str]] = opt(None, min_len=1)  # null = every linear map of a block
+    a_shape: Optional[list[int]] = opt(None, length=2, min=1)
+    b_shape: Optional[list[int]] = opt(None, length=2, min=1)
     factor: int = -1
     rank: int = opt(1, min=1)
     embedding_factor: int = opt(2, min=1)
@@ -61,7 +61,7 @@ class DistillSchema:
     temperature: float = opt(2.0, min=1e-6)
     attention_loss: Literal["mse_scores", "kl_probs"] = "mse_scores"
     normalize: bool = False
-    layer_map: Optional[list[int]] = None
+    layer_map: Optional[list[int]] = opt(None, min=0, min_len=1)  # against the block counts: check_layer_map
 
 
 @dataclasses.dataclass

@@ -36,8 +36,8 @@ class ModelSchema:
     closed: ClassVar[bool] = False
     name_or_path: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    lora_targets: Union[list[str], str] = dataclasses.field(default_factory=list)
-    ffn_blocks: Optional[list[str]] = None  # leaf names of whole FFN blocks (KronA^B wraps them); null: none
+    lora_targets: Union[list[str], str] = opt([], min_len=1)  # the adapters' target_modules: [] would wrap nothing
+    ffn_blocks: Optional[list[str]] = opt(None, min_len=1)  # leaf names of whole FFN blocks (KronA^B wraps them); null: none
     random_config: Optional[dict] = None
 
 

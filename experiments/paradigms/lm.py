@@ -29,7 +29,7 @@ class ModelSchema:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     attn_implementation: Optional[str] = None
-    lora_targets: list[str] = dataclasses.field(default_factory=list)
+    lora_targets: list[str] = opt([], min_len=1)  # the adapters' target_modules: [] would wrap nothing
     random_config: Optional[dict] = None
 
 
@@ -80,8 +80,8 @@ class ExportSchema(schema.ExportSchema):
 @dataclasses.dataclass
 class DepthSchema:
     closed: ClassVar[bool] = True
-    exits: Optional[list[int]] = None
-    eval_exits: Optional[list[int]] = None
+    exits: Optional[list[int]] = opt(None, min=1)  # [] is refused by depth_axis (with what null means)
+    eval_exits: Optional[list[int]] = opt(None, min=1)
     truncate: Optional[int] = opt(None, min=1)
     exit_heads: bool = False
 
