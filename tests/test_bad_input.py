@@ -113,6 +113,23 @@ def test_every_accepted_entry_is_a_generated_case():
     assert set(ACCEPTED) <= generated, set(ACCEPTED) - generated
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["experiment=krona/quick", "adapter.a_shape=[0,1]"], r"^adapter.a_shape\[0\] must be >= 1, got 0$"),
+    (["experiment=krona/quick", "adapter.a_shape=[2,2,2]"], r"^adapter.a_shape must hold exactly 2 values, got 3"),
+    (["experiment=kngpt2/quick", "distill.layer_map=[1,2]"],
+     r"^distill.layer_map=\[1, 2\] has 2 entries but the student has 30 blocks; give one teacher block \(0..29\)"),
+    (["experiment=kngpt2/quick", "compression=truncate", "compression.num_layers=2", "distill.layer_map=[0,30]"],
+     r"^distill.layer_map\[1\]=30 is not a block of the teacher; valid: 0..29$"),
+    (["experiment=soft/quick", "model=tiny_gpt2", "depth.exits=[2,5]"],  # GPT-2's n_layer, read from its config
+     r"^depth.exits\[1\]=5 is beyond the model's 4 layers; valid exits: 1..4$"),
+])
+def test_cross_field_rules_name_the_key_and_the_valid_range(overrides, message):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, machine=False)
+
+
 def test_a_krona_shape_with_a_zero_is_one_error_line_through_run_py(env, tmp_path):
     proc = run(["experiment=krona/quick", "adapter.a_shape=[0,1]", f"hydra.run.dir={tmp_path / 'run'}"], env,
                timeout=120)

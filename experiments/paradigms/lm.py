@@ -222,11 +222,10 @@ def rank_axes(cfg: DictConfig) -> dict[str, list[int]]:
 def depth_axis(cfg: DictConfig) -> dict[str, list[int]]:
     exits = get(cfg, "depth.exits")
     truncate = get(cfg, "depth.truncate")
-    random_layers = (get(cfg, "model.random_config.num_hidden_layers")
-                     if str(get(cfg, "model.name_or_path")).startswith("random:") else None)
-    if truncate is not None and random_layers is not None and truncate > random_layers:
-        raise ConfigError(f"depth.truncate={truncate} is beyond the model's {random_layers} layers; "
-                          f"valid: 1..{random_layers}")
+    model_layers = known_layers(cfg) if exits or truncate is not None else None
+    if truncate is not None and model_layers is not None and truncate > model_layers:
+        raise ConfigError(f"depth.truncate={truncate} is beyond the model's {model_layers} layers; "
+                          f"valid: 1..{model_layers}")
     for key, null in (("exits", "no depth axis"), ("eval_exits", "the exits")):
         if get(cfg, f"depth.{key}") is not None and len(get(cfg, f"depth.{key}")) == 0:
             raise ConfigError(f"depth.{key}=[] is empty; give at least one exit, e.g. [6, 12, 18, 24], "
@@ -236,13 +235,51 @@ def depth_axis(cfg: DictConfig) -> dict[str, list[int]]:
             raise ConfigError(f"depth.eval_exits={list(get(cfg, 'depth.eval_exits'))} needs a depth axis to evaluate; "
                               "set depth.exits too, e.g. depth.exits=[6, 12, 18, 24]")
         return {}
-    layers = truncate or random_layers  # known before loading: a random config's depth, or the truncation
+    layers = truncate or model_layers  # known before loading (a config on disk, or the truncation), else checked once loaded
     what = "the truncated model's" if truncate else "the model's"
     for key in ("exits", "eval_exits"):
         for i, n in enumerate(get(cfg, f"depth.{key}") or []):
             if layers is not None and not 1 <= n <= layers:
                 raise ConfigError(f"depth.{key}[{i}]={n} is beyond {what} {layers} layers; valid exits: 1..{layers}")
     return {"depth": sorted(set(exits))}
+
+
+def architecture_config(name_or_path: str, random_config: dict | None, hub: bool = True):
+    """The transformers config of a model, without its weights (None where it cannot be read offline; with
+    ``hub=False`` also for a hub id: only what is on disk is read, nothing is fetched)."""
+    from transformers import AutoConfig
+
+    from modules.hf_model import RANDOM_PREFIX
+
+    if name_or_path.startswith(RANDOM_PREFIX):
+        return AutoConfig.for_model(name_or_path[len(RANDOM_PREFIX):], **(random_config or {}))
+    from modules.offline import OFFLINE_MODELS, OfflineModelError, converted_dir, package_dir
+
+    path = name_or_path
+    if name_or_path in OFFLINE_MODELS:  # read only what is already on disk: no conversion in a check
+        spec = OFFLINE_MODELS[name_or_path]
+        try:
+            path = str(converted_dir(spec) if spec.converter else package_dir(spec))
+        except OfflineModelError:
+            return None
+    if not hub and path == name_or_path and not Path(path).expanduser().is_dir():
+        return None
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception:  # not on disk (a hub id offline, a model not converted yet): checked when it loads
+        return None
+
+
+def known_layers(cfg: DictConfig) -> int | None:
+    """The decoder layers of ``model.name_or_path`` when its config is on disk (a random config, an offline alias
+    already converted, a local folder); None for a hub id (nothing is fetched in a check)."""
+    random_config = get(cfg, "model.random_config")
+    try:
+        config = architecture_config(str(get(cfg, "model.name_or_path")),
+                                     OmegaConf.to_container(random_config) if random_config else None, hub=False)
+    except (ValueError, TypeError, KeyError):  # an unknown random:<arch> is check_model_path's error
+        return None
+    return getattr(config, "num_hidden_layers", None)
 
 
 def training_sampler(cfg: DictConfig, axes):
