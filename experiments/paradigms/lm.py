@@ -482,11 +482,15 @@ def build_lm(cfg: DictConfig):
         from modules.multi_exit import DecoderDepth, MultiExitError
         from modules.submodel import NestedModel
 
+        key = "depth.exits"
         try:
             decoder = DecoderDepth(model)
-            decoder.check_exits(depth["depth"] + list(get(cfg, "depth.eval_exits") or []))
+            decoder.check_exits(depth["depth"])
+            key = "depth.eval_exits"  # the error names the list the user wrote
+            if get(cfg, key):
+                decoder.check_exits(list(get(cfg, key)))
         except MultiExitError as err:
-            raise ConfigError(f"depth.exits: {err}") from None
+            raise ConfigError(f"{key}: {err}") from None
         nested = NestedModel({**nested.axes_values, **depth}, {**nested.setters, "depth": decoder.set_depth})
     return model, tokenizer, nested
 
