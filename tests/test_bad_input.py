@@ -40,13 +40,23 @@ def composed(preset: tuple[str, ...]) -> DictConfig:
 
 
 def schemas_of(cfg: DictConfig) -> dict[str, type]:
-    """Every (group, schema) validate checks for this config: the core ones as check_core walks them."""
+    """Every (group, schema) validate checks for this config, as check_core walks the core ones ("" = the root)."""
     groups = {"": schema.RootSchema, **schema.CORE_SCHEMAS}
     optimizer = cfg.get("optimizer")
     if isinstance(optimizer, DictConfig) and all(isinstance(v, DictConfig) for v in optimizer.values()):
         del groups["optimizer"]
         groups.update({f"optimizer.{name}": schema.OptimizerSchema for name in optimizer})
-    return {**groups, **get_paradigm(cfg.paradigm).schemas(cfg)}
+    return {**groups, **get_paradigm(cfg.paradigm).schemas(cfg)}  # a paradigm's own replaces the core one
+
+
+# Groups with no schema of their own in validate, and why.
+UNCHECKED = {"hydra": "Hydra's own", "logger": "named factories (schema.FACTORY_GROUPS: each needs a _target_)",
+             "callbacks": "named factories, as logger", "report": "task=report's options (ReportSchema, checked there)",
+             "select": "task=select's options (SelectSchema, checked there)",
+             "benchmark": "task=benchmark's options (checked there: experiments/benchmarks/)"}
+# Schemas that take keys they do not name, and why.
+OPEN = {"": "the root holds every group", "trainer": "any Lightning Trainer argument (checked against its signature)",
+        "optimizer": "any argument of the chosen torch optimizer"}
 
 
 def _admits(tp, value) -> bool:
@@ -106,6 +116,26 @@ def test_a_bad_value_is_refused_naming_its_key(preset, key, case, value):
         validate(cfg, machine=False)
     message = str(err.value)
     assert key in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=" ".join)
+def test_every_group_has_a_closed_schema_or_a_reason(preset):
+    cfg = composed(preset)
+    checked = schemas_of(cfg)
+    groups = [k for k in cfg if isinstance(cfg._get_node(k), DictConfig)]
+    assert [g for g in groups if g not in checked and g not in UNCHECKED and g != "optimizer"] == []  # named: optimizer.<name>
+    for group in [g for g in checked if g.split(".")[0] not in OPEN and OmegaConf.select(cfg, g) is not None]:
+        bad = cfg.copy()
+        with open_dict(bad):
+            OmegaConf.update(bad, f"{group}.bogus", 1, merge=False)
+        with pytest.raises(ConfigError, match=rf"^{group}.bogus "):
+            validate(bad, machine=False)
+    for group in ("logger", "callbacks"):  # open by name, but every entry is something to build
+        bad = cfg.copy()
+        with open_dict(bad):
+            OmegaConf.update(bad, f"{group}.bogus", 1, merge=False)
+        with pytest.raises(ConfigError, match=rf"^{group}.bogus must be a node with a _target_"):
+            validate(bad, machine=False)
 
 
 def test_every_accepted_entry_is_a_generated_case():

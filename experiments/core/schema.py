@@ -132,8 +132,9 @@ def check(cfg: DictConfig, group: str, schema: type) -> None:
             continue
         key = f"{group}.{name}"
         try:
-            value = OmegaConf.to_container(node, resolve=True)[name] if OmegaConf.is_config(node[name]) \
-                else node[name]
+            value = node[name]
+            if OmegaConf.is_config(value):  # this option only (the whole group per option was quadratic)
+                value = OmegaConf.to_container(value, resolve=True)
         except Exception as err:  # an interpolation that cannot resolve
             raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
         if not _matches(value, hints[name]):
@@ -209,7 +210,8 @@ class CheckpointSchema:
 
 @dataclasses.dataclass
 class EvalSchema:
-    closed: ClassVar[bool] = False  # a paradigm's eval group adds its own keys (schema of its own)
+    """A paradigm whose eval group adds keys gives a subclass in its ``schemas`` (checked instead of this one)."""
+    closed: ClassVar[bool] = True
     ckpt_path: Optional[str] = None
     metric: str = "test/loss"
     higher_is_better: bool = True
@@ -217,7 +219,7 @@ class EvalSchema:
 
 @dataclasses.dataclass
 class ExportSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True  # as EvalSchema: a paradigm's own keys come with its subclass
     submodels: list[str] = opt([])  # [] (the default) exports nothing: accepted
     dir: str = "exports"
 
@@ -233,6 +235,40 @@ class LatencySchema:
 
 
 @dataclasses.dataclass
+class SamplingSchema:
+    """``sampling``: the options of every sampler of modules/submodel.py (one that a chosen sampler does not take
+    is refused when it is built: experiments/paradigms/lm.py training_sampler)."""
+    closed: ClassVar[bool] = True
+    num_per_step: int = opt(1, min=1)
+    num_random: int = opt(1, min=0)
+    distribution: Literal["uniform", "log_uniform"] = "uniform"
+    weights: Optional[dict] = None
+    choice: Union[str, dict] = "largest"
+
+
+@dataclasses.dataclass
+class RehearsalSchema:
+    """``rehearsal`` (conf/rehearsal/tiny.yaml); ``notes``, ``datasets`` and ``replaced`` are written by
+    experiments/rehearsal.py itself."""
+    closed: ClassVar[bool] = True
+    enabled: bool = False
+    name: str = "tiny"
+    layers: int = opt(2, min=1)
+    hidden: int = opt(32, min=1)
+    heads: int = opt(4, min=1)
+    accelerator: Literal["cpu", "gpu"] = "cpu"
+    steps: int = opt(2, min=1)
+    eval_batches: int = opt(1, min=1)
+    examples: int = opt(8, min=1)
+    max_new_tokens: int = opt(8, min=1)
+    image_size: int = opt(64, min=1)
+    fixtures_dir: Optional[str] = None
+    notes: Any = None
+    datasets: Any = None
+    replaced: Optional[dict] = None
+
+
+@dataclasses.dataclass
 class RootSchema:
     closed: ClassVar[bool] = False
     seed: int = opt(42, min=0, max=2 ** 32 - 1)  # numpy's seed range
@@ -242,10 +278,15 @@ class RootSchema:
 
 CORE_SCHEMAS: dict[str, type] = {"trainer": TrainerSchema, "optimizer": OptimizerSchema,
                                  "scheduler": SchedulerSchema, "checkpoint": CheckpointSchema,
-                                 "eval": EvalSchema, "export": ExportSchema}
+                                 "eval": EvalSchema, "export": ExportSchema, "sampling": SamplingSchema,
+                                 "rehearsal": RehearsalSchema}
+# Groups of named factories (any Lightning logger or callback, under a name the user chooses): open by design,
+# but every entry must be a node with a _target_ (a typo such as +logger.csv_dir=x would never be built).
+FACTORY_GROUPS = ("logger", "callbacks")
 
 
-def check_core(cfg: DictConfig) -> None:
+def check_core(cfg: DictConfig, replaced: tuple[str, ...] = ()) -> None:
+    """The core groups, less those ``replaced`` by a paradigm's own schema (its subclass is checked instead)."""
     root = OmegaConf.create({"root": {k: cfg.get(k) for k in ("seed", "threads", "init_from") if k in cfg}})
     try:
         check(root, "root", RootSchema)
@@ -257,8 +298,22 @@ def check_core(cfg: DictConfig) -> None:
         schemas = {k: v for k, v in CORE_SCHEMAS.items() if k != "optimizer"}
     else:
         schemas = CORE_SCHEMAS
-    check_all(cfg, schemas)
+    check_all(cfg, {k: v for k, v in schemas.items() if k not in replaced})
     check_trainer_arguments(cfg)
+    for group in FACTORY_GROUPS:
+        check_factories(cfg, group)
+
+
+def check_factories(cfg: DictConfig, group: str) -> None:
+    node = OmegaConf.select(cfg, group)
+    if node is None:
+        return
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{group} must be a group of named factories, got {node!r}")
+    for name in node:
+        entry = node._get_node(name)  # unresolved: a logger's save_dir reads hydra's run folder
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ConfigError(f"{group}.{name} must be a node with a _target_ (a class to build), got {node[name]!r}")
 
 
 def check_trainer_arguments(cfg: DictConfig) -> None:

@@ -66,7 +66,7 @@ class DistillSchema:
 
 @dataclasses.dataclass
 class TextDataSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True
     source: Literal["pydoc", "hf"] = "pydoc"
     hf_id: Optional[str] = None
     hf_config: Optional[str] = None

@@ -24,12 +24,13 @@ ANSWER_FNS = {"first_line": "first_answer_line", "gsm8k": "extract_gsm8k_answer"
 # --- the schemas of the LM groups -----------------------------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True
     name_or_path: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     attn_implementation: Optional[str] = None
     lora_targets: list[str] = opt([], min_len=1)  # the adapters' target_modules: [] would wrap nothing
+    ffn_blocks: Optional[list[str]] = opt(None, min_len=1)  # whole FFN blocks (KronA^B wraps them); null: none
     random_config: Optional[dict] = None
 
 
@@ -41,19 +42,14 @@ class QuantizationSchema:
 
 
 @dataclasses.dataclass
-class SamplingSchema:
-    closed: ClassVar[bool] = False
-    num_per_step: int = opt(1, min=1)
-    num_random: int = opt(1, min=0)
-    distribution: Literal["uniform", "log_uniform"] = "uniform"
-    weights: Optional[dict] = None
-    choice: Union[str, dict] = "largest"
-
-
-@dataclasses.dataclass
 class DataSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True
     source: str = "stdlib_qa"
+    format: Optional[str] = None
+    prompt_template: Optional[str] = None
+    source_options: Optional[dict] = None
+    splits: Optional[dict] = None
+    mc_eval: Optional[dict] = None
     max_length: int = opt(128, min=1)
     batch_size: int = opt(8, min=1)
     eval_batch_size: int = opt(16, min=1)
@@ -120,9 +116,11 @@ class LMParadigm(Paradigm):
     PLOT_METRICS = ("test/em", "test/loss", "test/ppl")
 
     def schemas(self, cfg: DictConfig) -> dict[str, type]:
-        return {"model": ModelSchema, "quantization": QuantizationSchema, "sampling": SamplingSchema,
-                "data": DataSchema, "eval": EvalSchema, "export": ExportSchema, "depth": DepthSchema,
-                "judge": JudgeSchema, "adapter": adapter_of(cfg).options_schema}
+        from experiments.core.estimate import EstimateSchema
+
+        return {"model": ModelSchema, "quantization": QuantizationSchema, "data": DataSchema, "eval": EvalSchema,
+                "export": ExportSchema, "depth": DepthSchema, "judge": JudgeSchema,
+                "adapter": adapter_of(cfg).options_schema, "estimate": EstimateSchema}  # estimate last: it reads the others
 
     # --- validation: cheap, before anything is loaded or written ------------------------------
     def validate(self, cfg: DictConfig) -> None:
