@@ -54,6 +54,9 @@ def rehearse(cfg: DictConfig) -> DictConfig:
     """The rehearsal of ``cfg`` (``cfg`` itself when ``rehearsal.enabled`` is false)."""
     if not enabled(cfg):
         return cfg
+    from experiments.core.schema import RehearsalSchema, check
+
+    check(cfg, "rehearsal", RehearsalSchema)  # before its options shape anything
     from data import fixtures
 
     r = cfg.rehearsal

@@ -29,7 +29,7 @@ def folders(tmp_path_factory):
 OPT = "+model.random_config={vocab_size:260,hidden_size:32,num_hidden_layers:2,ffn_dim:64,num_attention_heads:2,word_embed_proj_dim:32}"
 BAD = [  # what only shows once the model (or the judge's config) is looked at: through run.py
     ("local_exit", ["model.name_or_path={root}/tiny", "~model.random_config", "depth.exits=[1,5]"],
-     "depth.exits: exit layer 5 is outside the valid range 1..2"),
+     "depth.exits[1]=5 is beyond the model's 2 layers; valid exits: 1..2"),  # its config.json, read before loading
     ("layout", ["model.name_or_path=random:opt", "~model.random_config", OPT, "depth.exits=[1,2]"],
      "depth.exits: OPTForCausalLM does not have the decoder layout multi-exit needs"),
     ("judge_id", ["depth.exits=[1,2]", "judge=pandalm", "judge.against={root}/other"],

@@ -25,6 +25,7 @@ from torch import nn
 
 from modules.adapters.krona import KronALinear
 from modules.kronecker import KroneckerLinear, factor_shapes, kron_flops, kron_params
+from modules.options import option as opt
 
 OURS, PEER = "KronA (ours)", "PEFT LoKr"
 
@@ -234,12 +235,12 @@ def benchmark_task(cfg) -> list[dict]:
 class KroneckerBenchmarkSchema:
     closed: ClassVar[bool] = True
     kind: str = "kronecker"
-    dims: list[int] = dataclasses.field(default_factory=lambda: [768, 4096])
-    tokens: int = 512
-    repeats: int = 5
-    warmup: int = 2
+    dims: list[int] = opt([768, 4096], min=1, min_len=1)
+    tokens: int = opt(512, min=1)
+    repeats: int = opt(5, min=1)
+    warmup: int = opt(2, min=0)
     nf4: bool = True
     seed: int = 0
-    threads: Optional[int] = 1
+    threads: Optional[int] = opt(1, min=1)
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16"] = "float32"

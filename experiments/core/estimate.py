@@ -47,13 +47,48 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.config import CONF_DIR, ConfigError, get, require_int, require_number
+from modules.options import option
 
 GIB = 1024 ** 3
+
+
+@dataclass
+class EstimateSchema:
+    """``estimate`` (conf/estimate/default.yaml, where each option is described). Several keys read other groups
+    (``${data.batch_size}``): a paradigm checks this group after those, so an error names the key the user typed."""
+    closed: ClassVar[bool] = True
+    config: Optional[str] = None
+    batch_size: int = option(1, min=1)
+    seq_len: int = option(1, min=1)
+    r_max: int = option(64, min=1)
+    rank: Optional[int] = option(None, min=1)
+    targets: list[str] = option([], min_len=1)
+    adapter_dtype: str = "float32"
+    dropout: float = option(0.0, min=0, below=1)
+    quantized: bool = True
+    double_quant: bool = True
+    blocksize: int = option(64, min=1)
+    weight_dtype: str = "float32"
+    act_dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    attn_implementation: Optional[str] = None
+    recompute_factor: float = option(1.0, min=0)
+    dequant_buffers: int = option(1, min=0)
+    logits_fp32_copies: int = option(2, min=0)
+    optimizer: str = "torch.optim.AdamW"
+    overhead_gib: float = option(0.75, min=0)
+    gpu_gib: float = option(31.7, min=0)
+    check: Union[bool, str] = "auto"
+    gpu: str = "NVIDIA H200"
+    peak_tflops: float = option(989, min=0)
+    bandwidth_tbps: float = option(4.8, min=0)
+    train_mfu: float = option(0.235, min=0, max=1)
+    devices: int = option(1, min=1)
 
 # Shapes of the paper's models, COPIED from each model's config.json on the HF hub (the keys that fix the
 # parameter count and the activation sizes; no weights). Used when the hub cannot be reached. The keys

@@ -2,7 +2,8 @@
 
 A schema is a dataclass whose fields are the group's options: the annotation is the type (``int``,
 ``float``, ``bool``, ``str``, ``Optional[...]``, ``list[int]``, ``Literal[...]`` choices, ``Any``) and
-``opt(min=, max=, below=)`` gives the range. A ``closed`` schema also rejects keys it does not know (a
+``opt(min=, max=, below=)`` gives the range (of every element, for a list); ``opt(length=)`` or
+``opt(min_len=)`` the length of a list (``min_len=1``: not empty). A ``closed`` schema also rejects keys it does not know (a
 typo in ``adapter.dropuot`` is an error, not a silently ignored option); an open one (``trainer``: any
 Lightning Trainer argument) checks only the options it names. ``check(cfg, "adapter", LoraSchema)``
 raises ``ConfigError`` with one line naming the key, the bad value and the valid choices.
@@ -19,28 +20,40 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from experiments.core.config import ConfigError
+from modules.options import option as opt  # noqa: F401  (the one field helper; adapters use it too)
 
 META_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
-def opt(default: Any = None, *, min: float | None = None, max: float | None = None,  # noqa: A002
-        below: float | None = None) -> Any:
-    """A schema field: ``min``/``max`` inclusive bounds, ``below`` an exclusive upper bound."""
-    return dataclasses.field(default=default, metadata={"min": min, "max": max, "below": below})
-
-
 # --- the checker ------------------------------------------------------------------------------------
-def _describe(tp: Any) -> str:
+def _describe(tp: Any, plural: bool = False) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         return "one of " + ", ".join(map(str, args))
     if origin is Union:
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+        return " or ".join("null" if a is type(None) else _describe(a, plural) for a in args)
     if origin in (list, tuple):
-        return f"a list of {_describe(args[0]) if args else 'values'}"
+        return f"{'lists' if plural else 'a list'} of {_describe(args[0], plural=True) if args else 'values'}"
     if origin is dict:
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+        return "mappings" if plural else "a mapping"
+    names = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "true/false"),
+             str: ("a string", "strings")}
+    return names[tp][plural] if tp in names else str(tp)
+
+
+def _bounds(meta: dict) -> str:
+    """The range of a field (of each element of a list) as an error says it: ``>= 0 and < 1``."""
+    parts = [f"{op} {meta[k]}" for k, op in (("min", ">="), ("max", "<="), ("below", "<")) if meta.get(k) is not None]
+    return " and ".join(parts)
+
+
+def _rules(meta: dict) -> str:
+    """A field's length and range rules, for a type error: `` (2 values, each >= 1)``."""
+    parts = ([f"{meta['length']} values"] if meta.get("length") is not None else []) + \
+            ([f"at least {meta['min_len']} value{'s' * (meta['min_len'] != 1)}"] if meta.get("min_len") else [])
+    if _bounds(meta):
+        parts.append(f"each {_bounds(meta)}" if parts else _bounds(meta))
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _choices(tp: Any) -> list[str] | None:
@@ -87,9 +100,22 @@ def _check_range(key: str, value: Any, meta: dict) -> None:
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
     if lo is not None and value < lo or hi is not None and value > hi or below is not None and value >= below:
-        parts = ([f">= {lo}"] if lo is not None else []) + ([f"<= {hi}"] if hi is not None else []) + \
-                ([f"< {below}"] if below is not None else [])
-        raise ConfigError(f"{key} must be {' and '.join(parts)}, got {value!r}")
+        raise ConfigError(f"{key} must be {_bounds(meta)}, got {value!r}")
+
+
+def _check_list(key: str, value: list, meta: dict) -> None:
+    """A list's length (``length``, ``min_len``), then the range of every element (of nested lists too)."""
+    length, min_len = meta.get("length"), meta.get("min_len")
+    if length is not None and len(value) != length:
+        raise ConfigError(f"{key} must hold exactly {length} values, got {len(value)}: {value!r}")
+    if min_len is not None and len(value) < min_len:
+        what = "must not be empty" if min_len == 1 else f"must hold at least {min_len} values"
+        raise ConfigError(f"{key} {what}, got {value!r}")
+    for i, item in enumerate(value):
+        if isinstance(item, (list, tuple)):
+            _check_list(f"{key}[{i}]", item, {**meta, "length": None, "min_len": None})
+        else:
+            _check_range(f"{key}[{i}]", item, meta)
 
 
 def check(cfg: DictConfig, group: str, schema: type) -> None:
@@ -106,16 +132,20 @@ def check(cfg: DictConfig, group: str, schema: type) -> None:
             continue
         key = f"{group}.{name}"
         try:
-            value = OmegaConf.to_container(node, resolve=True)[name] if OmegaConf.is_config(node[name]) \
-                else node[name]
+            value = node[name]
+            if OmegaConf.is_config(value):  # this option only (the whole group per option was quadratic)
+                value = OmegaConf.to_container(value, resolve=True)
         except Exception as err:  # an interpolation that cannot resolve
             raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from None
         if not _matches(value, hints[name]):
             choices = _choices(hints[name])
             if choices is not None and isinstance(value, str):
                 raise ConfigError(f"{key}={value!r} is not an option; valid choices: {', '.join(choices)}")
-            raise ConfigError(f"{key} must be {_describe(hints[name])}, got {value!r}")
-        _check_range(key, value, dict(field.metadata))
+            raise ConfigError(f"{key} must be {_describe(hints[name])}{_rules(field.metadata)}, got {value!r}")
+        if isinstance(value, (list, tuple)):
+            _check_list(key, value, dict(field.metadata))
+        else:
+            _check_range(key, value, dict(field.metadata))
     if getattr(schema, "closed", False):
         unknown = [k for k in node if k not in fields and k not in META_KEYS]
         if unknown:
@@ -134,7 +164,7 @@ class TrainerSchema:
     """The options of Lightning's Trainer that users change most; any other Trainer argument passes."""
     closed: ClassVar[bool] = False
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"] = "cpu"
-    devices: Union[int, str, list[int]] = 1
+    devices: Union[int, str, list[int]] = opt(1, min=-1, min_len=1)  # -1: every device; a list: device ids
     strategy: Union[str, dict, None] = None  # a Lightning name, or a strategy node (trainer=fsdp, deepspeed)
     num_nodes: int = opt(1, min=1)
     precision: Union[str, int] = "32-true"
@@ -159,7 +189,7 @@ class OptimizerSchema:
     lr: float = opt(1e-3, min=0)
     weight_decay: float = opt(0.0, min=0)
     eps: float = opt(1e-8, min=0)
-    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = opt([0.9, 0.999], length=2, min=0, below=1)  # Adam's (beta1, beta2)
     momentum: float = opt(0.0, min=0)
 
 
@@ -180,7 +210,8 @@ class CheckpointSchema:
 
 @dataclasses.dataclass
 class EvalSchema:
-    closed: ClassVar[bool] = False  # a paradigm's eval group adds its own keys (schema of its own)
+    """A paradigm whose eval group adds keys gives a subclass in its ``schemas`` (checked instead of this one)."""
+    closed: ClassVar[bool] = True
     ckpt_path: Optional[str] = None
     metric: str = "test/loss"
     higher_is_better: bool = True
@@ -188,8 +219,8 @@ class EvalSchema:
 
 @dataclasses.dataclass
 class ExportSchema:
-    closed: ClassVar[bool] = False
-    submodels: list[str] = dataclasses.field(default_factory=list)
+    closed: ClassVar[bool] = True  # as EvalSchema: a paradigm's own keys come with its subclass
+    submodels: list[str] = opt([])  # [] (the default) exports nothing: accepted
     dir: str = "exports"
 
 
@@ -204,6 +235,40 @@ class LatencySchema:
 
 
 @dataclasses.dataclass
+class SamplingSchema:
+    """``sampling``: the options of every sampler of modules/submodel.py (one that a chosen sampler does not take
+    is refused when it is built: experiments/paradigms/lm.py training_sampler)."""
+    closed: ClassVar[bool] = True
+    num_per_step: int = opt(1, min=1)
+    num_random: int = opt(1, min=0)
+    distribution: Literal["uniform", "log_uniform"] = "uniform"
+    weights: Optional[dict] = None
+    choice: Union[str, dict] = "largest"
+
+
+@dataclasses.dataclass
+class RehearsalSchema:
+    """``rehearsal`` (conf/rehearsal/tiny.yaml); ``notes``, ``datasets`` and ``replaced`` are written by
+    experiments/rehearsal.py itself."""
+    closed: ClassVar[bool] = True
+    enabled: bool = False
+    name: str = "tiny"
+    layers: int = opt(2, min=1)
+    hidden: int = opt(32, min=1)
+    heads: int = opt(4, min=1)
+    accelerator: Literal["cpu", "gpu"] = "cpu"
+    steps: int = opt(2, min=1)
+    eval_batches: int = opt(1, min=1)
+    examples: int = opt(8, min=1)
+    max_new_tokens: int = opt(8, min=1)
+    image_size: int = opt(64, min=1)
+    fixtures_dir: Optional[str] = None
+    notes: Any = None
+    datasets: Any = None
+    replaced: Optional[dict] = None
+
+
+@dataclasses.dataclass
 class RootSchema:
     closed: ClassVar[bool] = False
     seed: int = opt(42, min=0, max=2 ** 32 - 1)  # numpy's seed range
@@ -213,10 +278,15 @@ class RootSchema:
 
 CORE_SCHEMAS: dict[str, type] = {"trainer": TrainerSchema, "optimizer": OptimizerSchema,
                                  "scheduler": SchedulerSchema, "checkpoint": CheckpointSchema,
-                                 "eval": EvalSchema, "export": ExportSchema}
+                                 "eval": EvalSchema, "export": ExportSchema, "sampling": SamplingSchema,
+                                 "rehearsal": RehearsalSchema}
+# Groups of named factories (any Lightning logger or callback, under a name the user chooses): open by design,
+# but every entry must be a node with a _target_ (a typo such as +logger.csv_dir=x would never be built).
+FACTORY_GROUPS = ("logger", "callbacks")
 
 
-def check_core(cfg: DictConfig) -> None:
+def check_core(cfg: DictConfig, replaced: tuple[str, ...] = ()) -> None:
+    """The core groups, less those ``replaced`` by a paradigm's own schema (its subclass is checked instead)."""
     root = OmegaConf.create({"root": {k: cfg.get(k) for k in ("seed", "threads", "init_from") if k in cfg}})
     try:
         check(root, "root", RootSchema)
@@ -228,8 +298,22 @@ def check_core(cfg: DictConfig) -> None:
         schemas = {k: v for k, v in CORE_SCHEMAS.items() if k != "optimizer"}
     else:
         schemas = CORE_SCHEMAS
-    check_all(cfg, schemas)
+    check_all(cfg, {k: v for k, v in schemas.items() if k not in replaced})
     check_trainer_arguments(cfg)
+    for group in FACTORY_GROUPS:
+        check_factories(cfg, group)
+
+
+def check_factories(cfg: DictConfig, group: str) -> None:
+    node = OmegaConf.select(cfg, group)
+    if node is None:
+        return
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{group} must be a group of named factories, got {node!r}")
+    for name in node:
+        entry = node._get_node(name)  # unresolved: a logger's save_dir reads hydra's run folder
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ConfigError(f"{group}.{name} must be a node with a _target_ (a class to build), got {node[name]!r}")
 
 
 def check_trainer_arguments(cfg: DictConfig) -> None:

@@ -63,8 +63,9 @@ def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
     from experiments.core.schema import check_all, check_core
 
     paradigm = paradigms.get_paradigm(require_choice(cfg, "paradigm", tuple(paradigms.names())))
-    check_core(cfg)
-    check_all(cfg, paradigm.schemas(cfg))
+    own = paradigm.schemas(cfg)
+    check_core(cfg, replaced=tuple(own))
+    check_all(cfg, own)
     if get(cfg, "init_from"):
         from experiments.core.runtime import checkpoint_of
 

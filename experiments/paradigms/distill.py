@@ -26,18 +26,18 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.core.config import ConfigError, get, instantiate
 from experiments.core.schema import opt
 from experiments.paradigms import glue
-from experiments.paradigms.lm import LMParadigm, build_lm, eval_grid, training_sampler
+from experiments.paradigms.lm import LMParadigm, architecture_config, build_lm, eval_grid, training_sampler
 
 
 @dataclasses.dataclass
 class CompressionSchema:
     closed: ClassVar[bool] = True
     kind: Literal["kronecker", "truncate", "none"] = "kronecker"
-    layers: Union[Literal["odd", "even", "all", "none"], list[int]] = "odd"
+    layers: Union[Literal["odd", "even", "all", "none"], list[int]] = opt("odd", min=0, min_len=1)  # none, not []
     embedding: bool = True
-    targets: Optional[list[str]] = None
-    a_shape: Optional[list[int]] = None
-    b_shape: Optional[list[int]] = None
+    targets: Optional[list[str]] = opt(None, min_len=1)  # null = every linear map of a block
+    a_shape: Optional[list[int]] = opt(None, length=2, min=1)
+    b_shape: Optional[list[int]] = opt(None, length=2, min=1)
     factor: int = -1
     rank: int = opt(1, min=1)
     embedding_factor: int = opt(2, min=1)
@@ -61,12 +61,12 @@ class DistillSchema:
     temperature: float = opt(2.0, min=1e-6)
     attention_loss: Literal["mse_scores", "kl_probs"] = "mse_scores"
     normalize: bool = False
-    layer_map: Optional[list[int]] = None
+    layer_map: Optional[list[int]] = opt(None, min=0, min_len=1)  # against the block counts: check_layer_map
 
 
 @dataclasses.dataclass
 class TextDataSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True
     source: Literal["pydoc", "hf"] = "pydoc"
     hf_id: Optional[str] = None
     hf_config: Optional[str] = None
@@ -109,35 +109,13 @@ def teacher_spec(cfg: DictConfig) -> tuple[str, dict | None, str]:
             "model.name_or_path")
 
 
-def architecture_config(name_or_path: str, random_config: dict | None):
-    """The transformers config of a model, without its weights (None where it cannot be read offline)."""
-    from transformers import AutoConfig
-
-    from modules.hf_model import RANDOM_PREFIX
-
-    if name_or_path.startswith(RANDOM_PREFIX):
-        return AutoConfig.for_model(name_or_path[len(RANDOM_PREFIX):], **(random_config or {}))
-    from modules.offline import OFFLINE_MODELS, OfflineModelError, converted_dir, package_dir
-
-    path = name_or_path
-    if name_or_path in OFFLINE_MODELS:  # read only what is already on disk: no conversion in a check
-        spec = OFFLINE_MODELS[name_or_path]
-        try:
-            path = str(converted_dir(spec) if spec.converter else package_dir(spec))
-        except OfflineModelError:
-            return None
-    try:
-        return AutoConfig.from_pretrained(path)
-    except Exception:  # not on disk (a hub id offline, a model not converted yet): checked when it loads
-        return None
-
-
 def check_student_and_teacher(cfg: DictConfig, sequence_classification: bool = False) -> None:
     from modules.compression import CompressionError, decoder_blocks, meta_copy, plan_compression
 
     random_config = get(cfg, "model.random_config")
     config = architecture_config(str(get(cfg, "model.name_or_path")),
                                  OmegaConf.to_container(random_config) if random_config else None)
+    n_blocks = student_blocks = None  # the dense model's blocks, the student's after compression (None: unknown)
     if config is not None:
         if sequence_classification:
             config.num_labels = max(glue.task_of(cfg).num_labels, 1)
@@ -151,15 +129,35 @@ def check_student_and_teacher(cfg: DictConfig, sequence_classification: bool = F
         n = get(cfg, "compression.num_layers")
         if options["kind"] == "truncate" and n is not None and n > n_blocks:
             raise ConfigError(f"compression.num_layers={n} is more than the model's {n_blocks} blocks; valid: 1..{n_blocks}")
+        student_blocks = n if options["kind"] == "truncate" else n_blocks  # truncate's null depth: found once loaded
     if not ilkd_weights(cfg).needs_teacher:
         return
     name, teacher_random, key = teacher_spec(cfg)
+    teacher_blocks = n_blocks  # the teacher is the dense model itself
     if key == "distill.teacher":
         teacher = architecture_config(name, teacher_random)
+        teacher_blocks = getattr(teacher, "num_hidden_layers", None)
         if config is not None and teacher is not None and teacher.vocab_size != config.vocab_size:
             raise ConfigError(f"distill.teacher={name!r} has a vocabulary of {teacher.vocab_size} tokens but the student "
                               f"({get(cfg, 'model.name_or_path')}) has {config.vocab_size}; the logit and embedding "
                               f"terms need the same tokenizer: give a teacher of the student's family")
+    check_layer_map(cfg, student_blocks, teacher_blocks)
+
+
+def check_layer_map(cfg: DictConfig, student_blocks: int | None, teacher_blocks: int | None) -> None:
+    """``distill.layer_map``: one teacher block per student block, each a block of the teacher (the ILKD terms pair
+    them up with zip: a short map would silently leave student blocks out). A count not known yet is skipped."""
+    layer_map = get(cfg, "distill.layer_map")
+    if layer_map is None:
+        return
+    if student_blocks is not None and len(layer_map) != student_blocks:
+        raise ConfigError(f"distill.layer_map={list(layer_map)} has {len(layer_map)} entries but the student has "
+                          f"{student_blocks} blocks; give one teacher block (0..{(teacher_blocks or student_blocks) - 1}) "
+                          "per student block, or null")
+    for i, block in enumerate(layer_map):
+        if teacher_blocks is not None and block >= teacher_blocks:
+            raise ConfigError(f"distill.layer_map[{i}]={block} is not a block of the teacher; valid: "
+                              f"0..{teacher_blocks - 1}")
 
 
 def check_adapter(cfg: DictConfig) -> None:

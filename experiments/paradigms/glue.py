@@ -33,17 +33,19 @@ from experiments.paradigms.lm import (QuantizationSchema, adapter_of, adapter_op
 # --- the schemas of its groups --------------------------------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True
     name_or_path: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    lora_targets: Union[list[str], str] = dataclasses.field(default_factory=list)
-    ffn_blocks: Optional[list[str]] = None  # leaf names of whole FFN blocks (KronA^B wraps them); null: none
+    gradient_checkpointing: bool = False   # in the decoder model files (GPT-2 for KnGPT2's GLUE stage): not read here
+    attn_implementation: Optional[str] = None  # the same
+    lora_targets: Union[list[str], str] = opt([], min_len=1)  # the adapters' target_modules: [] would wrap nothing
+    ffn_blocks: Optional[list[str]] = opt(None, min_len=1)  # leaf names of whole FFN blocks (KronA^B wraps them); null: none
     random_config: Optional[dict] = None
 
 
 @dataclasses.dataclass
 class DataSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True
     task: str = "sst2"
     source: str = "hf"
     hf_id: str = "nyu-mll/glue"

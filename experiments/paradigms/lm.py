@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,12 +24,13 @@ ANSWER_FNS = {"first_line": "first_answer_line", "gsm8k": "extract_gsm8k_answer"
 # --- the schemas of the LM groups -----------------------------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True
     name_or_path: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     attn_implementation: Optional[str] = None
-    lora_targets: list[str] = dataclasses.field(default_factory=list)
+    lora_targets: list[str] = opt([], min_len=1)  # the adapters' target_modules: [] would wrap nothing
+    ffn_blocks: Optional[list[str]] = opt(None, min_len=1)  # whole FFN blocks (KronA^B wraps them); null: none
     random_config: Optional[dict] = None
 
 
@@ -41,19 +42,14 @@ class QuantizationSchema:
 
 
 @dataclasses.dataclass
-class SamplingSchema:
-    closed: ClassVar[bool] = False
-    num_per_step: int = opt(1, min=1)
-    num_random: int = opt(1, min=0)
-    distribution: Literal["uniform", "log_uniform"] = "uniform"
-    weights: Optional[dict] = None
-    choice: Union[str, dict] = "largest"
-
-
-@dataclasses.dataclass
 class DataSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True
     source: str = "stdlib_qa"
+    format: Optional[str] = None
+    prompt_template: Optional[str] = None
+    source_options: Optional[dict] = None
+    splits: Optional[dict] = None
+    mc_eval: Optional[dict] = None
     max_length: int = opt(128, min=1)
     batch_size: int = opt(8, min=1)
     eval_batch_size: int = opt(16, min=1)
@@ -80,8 +76,8 @@ class ExportSchema(schema.ExportSchema):
 @dataclasses.dataclass
 class DepthSchema:
     closed: ClassVar[bool] = True
-    exits: Optional[list[int]] = None
-    eval_exits: Optional[list[int]] = None
+    exits: Optional[list[int]] = opt(None, min=1)  # [] is refused by depth_axis (with what null means)
+    eval_exits: Optional[list[int]] = opt(None, min=1)
     truncate: Optional[int] = opt(None, min=1)
     exit_heads: bool = False
 
@@ -120,9 +116,11 @@ class LMParadigm(Paradigm):
     PLOT_METRICS = ("test/em", "test/loss", "test/ppl")
 
     def schemas(self, cfg: DictConfig) -> dict[str, type]:
-        return {"model": ModelSchema, "quantization": QuantizationSchema, "sampling": SamplingSchema,
-                "data": DataSchema, "eval": EvalSchema, "export": ExportSchema, "depth": DepthSchema,
-                "judge": JudgeSchema, "adapter": adapter_of(cfg).options_schema}
+        from experiments.core.estimate import EstimateSchema
+
+        return {"model": ModelSchema, "quantization": QuantizationSchema, "data": DataSchema, "eval": EvalSchema,
+                "export": ExportSchema, "depth": DepthSchema, "judge": JudgeSchema,
+                "adapter": adapter_of(cfg).options_schema, "estimate": EstimateSchema}  # estimate last: it reads the others
 
     # --- validation: cheap, before anything is loaded or written ------------------------------
     def validate(self, cfg: DictConfig) -> None:
@@ -222,11 +220,10 @@ def rank_axes(cfg: DictConfig) -> dict[str, list[int]]:
 def depth_axis(cfg: DictConfig) -> dict[str, list[int]]:
     exits = get(cfg, "depth.exits")
     truncate = get(cfg, "depth.truncate")
-    random_layers = (get(cfg, "model.random_config.num_hidden_layers")
-                     if str(get(cfg, "model.name_or_path")).startswith("random:") else None)
-    if truncate is not None and random_layers is not None and truncate > random_layers:
-        raise ConfigError(f"depth.truncate={truncate} is beyond the model's {random_layers} layers; "
-                          f"valid: 1..{random_layers}")
+    model_layers = known_layers(cfg) if exits or truncate is not None else None
+    if truncate is not None and model_layers is not None and truncate > model_layers:
+        raise ConfigError(f"depth.truncate={truncate} is beyond the model's {model_layers} layers; "
+                          f"valid: 1..{model_layers}")
     for key, null in (("exits", "no depth axis"), ("eval_exits", "the exits")):
         if get(cfg, f"depth.{key}") is not None and len(get(cfg, f"depth.{key}")) == 0:
             raise ConfigError(f"depth.{key}=[] is empty; give at least one exit, e.g. [6, 12, 18, 24], "
@@ -236,13 +233,51 @@ def depth_axis(cfg: DictConfig) -> dict[str, list[int]]:
             raise ConfigError(f"depth.eval_exits={list(get(cfg, 'depth.eval_exits'))} needs a depth axis to evaluate; "
                               "set depth.exits too, e.g. depth.exits=[6, 12, 18, 24]")
         return {}
-    layers = truncate or random_layers  # known before loading: a random config's depth, or the truncation
+    layers = truncate or model_layers  # known before loading (a config on disk, or the truncation), else checked once loaded
     what = "the truncated model's" if truncate else "the model's"
     for key in ("exits", "eval_exits"):
         for i, n in enumerate(get(cfg, f"depth.{key}") or []):
             if layers is not None and not 1 <= n <= layers:
                 raise ConfigError(f"depth.{key}[{i}]={n} is beyond {what} {layers} layers; valid exits: 1..{layers}")
     return {"depth": sorted(set(exits))}
+
+
+def architecture_config(name_or_path: str, random_config: dict | None, hub: bool = True):
+    """The transformers config of a model, without its weights (None where it cannot be read offline; with
+    ``hub=False`` also for a hub id: only what is on disk is read, nothing is fetched)."""
+    from transformers import AutoConfig
+
+    from modules.hf_model import RANDOM_PREFIX
+
+    if name_or_path.startswith(RANDOM_PREFIX):
+        return AutoConfig.for_model(name_or_path[len(RANDOM_PREFIX):], **(random_config or {}))
+    from modules.offline import OFFLINE_MODELS, OfflineModelError, converted_dir, package_dir
+
+    path = name_or_path
+    if name_or_path in OFFLINE_MODELS:  # read only what is already on disk: no conversion in a check
+        spec = OFFLINE_MODELS[name_or_path]
+        try:
+            path = str(converted_dir(spec) if spec.converter else package_dir(spec))
+        except OfflineModelError:
+            return None
+    if not hub and path == name_or_path and not Path(path).expanduser().is_dir():
+        return None
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception:  # not on disk (a hub id offline, a model not converted yet): checked when it loads
+        return None
+
+
+def known_layers(cfg: DictConfig) -> int | None:
+    """The decoder layers of ``model.name_or_path`` when its config is on disk (a random config, an offline alias
+    already converted, a local folder); None for a hub id (nothing is fetched in a check)."""
+    random_config = get(cfg, "model.random_config")
+    try:
+        config = architecture_config(str(get(cfg, "model.name_or_path")),
+                                     OmegaConf.to_container(random_config) if random_config else None, hub=False)
+    except (ValueError, TypeError, KeyError):  # an unknown random:<arch> is check_model_path's error
+        return None
+    return getattr(config, "num_hidden_layers", None)
 
 
 def training_sampler(cfg: DictConfig, axes):
@@ -445,11 +480,15 @@ def build_lm(cfg: DictConfig):
         from modules.multi_exit import DecoderDepth, MultiExitError
         from modules.submodel import NestedModel
 
+        key = "depth.exits"
         try:
             decoder = DecoderDepth(model)
-            decoder.check_exits(depth["depth"] + list(get(cfg, "depth.eval_exits") or []))
+            decoder.check_exits(depth["depth"])
+            key = "depth.eval_exits"  # the error names the list the user wrote
+            if get(cfg, key):
+                decoder.check_exits(list(get(cfg, key)))
         except MultiExitError as err:
-            raise ConfigError(f"depth.exits: {err}") from None
+            raise ConfigError(f"{key}: {err}") from None
         nested = NestedModel({**nested.axes_values, **depth}, {**nested.setters, "depth": decoder.set_depth})
     return model, tokenizer, nested
 

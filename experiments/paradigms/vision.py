@@ -467,12 +467,45 @@ class NestedSchema:
 
 
 @dataclasses.dataclass
+class ModelSchema:
+    """``model``: SortedViTConfig's sizes (conf/model/vit_tiny.yaml); nulls are taken from the data or checkpoint."""
+    closed: ClassVar[bool] = True
+    name_or_path: Optional[str] = None
+    image_size: Optional[int] = opt(None, min=1)
+    patch_size: Optional[int] = opt(2, min=1)
+    num_channels: Optional[int] = opt(None, min=1)
+    hidden_size: Optional[int] = opt(64, min=1)
+    num_hidden_layers: Optional[int] = opt(4, min=1)
+    num_attention_heads: Optional[int] = opt(4, min=1)
+    intermediate_size: Optional[int] = opt(128, min=1)
+    num_labels: Optional[int] = opt(None, min=1)
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = opt(1e-12, min=0)
+    qkv_bias: bool = True
+    hidden_dropout_prob: float = opt(0.0, min=0, below=1)
+    attention_probs_dropout_prob: float = opt(0.0, min=0, below=1)
+    initializer_range: float = opt(0.02, min=0)
+
+
+@dataclasses.dataclass
 class DataSchema:
-    closed: ClassVar[bool] = False
+    closed: ClassVar[bool] = True
+    source: str = "digits"  # checked against data/images.py's sources in validate
+    hf_id: Optional[str] = None
+    data_dir: Optional[str] = None
+    image_column: Optional[str] = None
+    label_column: Optional[str] = None
+    val_fraction: float = opt(0.1, min=0, below=1)
+    test_fraction: float = opt(0.2, min=0, below=1)
+    train_subset: Optional[int] = opt(None, min=1)
+    image_size: Optional[int] = opt(None, min=1)
+    normalize: bool = True
+    mean: Optional[list[float]] = opt(None, min_len=1)  # per channel (null = the training split's)
+    std: Optional[list[float]] = opt(None, min=0, min_len=1)
     batch_size: int = opt(64, min=1)
     eval_batch_size: Optional[int] = opt(None, min=1)
-    image_size: Optional[int] = opt(None, min=1)
     num_workers: int = opt(0, min=0)
+    cache_dir: Optional[str] = None
 
 
 class VisionParadigm(Paradigm):
@@ -480,7 +513,7 @@ class VisionParadigm(Paradigm):
     PLOT_METRICS = ("test/acc", "test/loss")
 
     def schemas(self, cfg: DictConfig) -> dict[str, type]:
-        return {"nested": NestedSchema, "latency": LatencySchema, "data": DataSchema}
+        return {"model": ModelSchema, "nested": NestedSchema, "latency": LatencySchema, "data": DataSchema}
 
     def validate(self, cfg: DictConfig) -> None:
         validate(cfg)

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 from hydra.experimental.callback import Callback
 
 from experiments.results.sweep import aggregate, format_cell, load_jobs
+from modules.options import option as opt
 
 
 def write_report(sweep_dir: Path, header: list[str], rows: list[list[Any]]) -> tuple[Path, Path]:
@@ -43,11 +44,11 @@ def report_sweep(sweep_dir: str | Path, metrics: Sequence[str] | None = None,
 @dataclasses.dataclass
 class ReportSchema:
     closed: ClassVar[bool] = True
-    sweep_dir: Union[None, str, list[str]] = None
-    metrics: Optional[list[str]] = None
-    group_by: Optional[list[str]] = None
+    sweep_dir: Union[None, str, list[str]] = opt(None, min_len=1)
+    metrics: Optional[list[str]] = opt(None, min_len=1)  # null, not [], is "every test/* metric"
+    group_by: Optional[list[str]] = opt(None, min_len=1)
     all: bool = False
-    tables: Union[None, str, list[str]] = None
+    tables: Union[None, str, list[str]] = opt(None, min_len=1)
     wandb: bool = False
 
 

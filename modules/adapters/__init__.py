@@ -15,18 +15,12 @@ from typing import Any, ClassVar, Mapping
 
 from torch import nn
 
+from modules.options import option  # noqa: F401  (the adapters' schemas declare their fields with it)
 from modules.submodel import NestedModel, SubModel
 
 
 class AdapterError(ValueError):
     """Adapter options that cannot work; the message is one line naming ``adapter.<key>``."""
-
-
-def option(default: Any = None, *, min: float | None = None, max: float | None = None,  # noqa: A002
-           below: float | None = None) -> Any:
-    """A field of an adapter's options schema: its default and range (``below``: exclusive upper bound).
-    The config checker reads the annotation as the type and these bounds as the range."""
-    return dataclasses.field(default=default, metadata={"min": min, "max": max, "below": below})
 
 
 @dataclasses.dataclass

@@ -238,10 +238,10 @@ class KronAOptions:
     closed: ClassVar[bool] = True
     kind: str = "krona"
     variant: Literal["krona", "krona_block", "krona_block_res"] = "krona"
-    target_modules: Optional[Union[list[str], str]] = "all-linear"  # null: a block variant on a model without model.ffn_blocks
+    target_modules: Optional[Union[list[str], str]] = option("all-linear", min_len=1)  # null: a block variant on a model without model.ffn_blocks
     factor: int = -1                          # -1: balanced factors (near-square); else a_out = a_in = factor
-    a_shape: Optional[list[int]] = None       # explicit (a_out, a_in); b follows from the layer
-    b_shape: Optional[list[int]] = None
+    a_shape: Optional[list[int]] = option(None, length=2, min=1)  # explicit (a_out, a_in); b follows from the layer
+    b_shape: Optional[list[int]] = option(None, length=2, min=1)
     r_max: int = option(1, min=1)             # Kronecker rank: summed products A_k ⊗ B_k
     r_min: Optional[int] = option(None, min=1)  # nested Kronecker ranks r_min..r_max (DyLoRA-style); null = fixed
     scale: float = 1.0

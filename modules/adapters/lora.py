@@ -56,7 +56,7 @@ class NestedLoRAOptions:
     scale: Literal["alpha/b", "alpha/r_max", "alpha/sqrt(b)"] = "alpha/b"
     frozen_prefix: bool = False
     matryoshka: bool = False
-    target_modules: Union[list[str], str] = "all-linear"
+    target_modules: Union[list[str], str] = option("all-linear", min_len=1)
     eval_ranks: Any = None                    # null | all | pow2 | a list (checked by parse_eval_ranks)
     post_hoc_svd: bool = False
 
@@ -68,7 +68,7 @@ class PeftLoRAOptions:
     r_max: int = option(8, min=1)
     alpha: float = option(16.0, min=0)
     dropout: float = option(0.0, min=0, below=1)
-    target_modules: Union[list[str], str] = "all-linear"
+    target_modules: Union[list[str], str] = option("all-linear", min_len=1)
     eval_ranks: Any = None
 
 

@@ -1,0 +1,20 @@
+"""The one helper that declares a schema field's rules (experiments/core/schema.py checks them).
+
+Here, not in experiments/, so that an adapter's options schema (modules/adapters/) declares its fields with
+the same rules without importing the experiment layer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+def option(default: Any = None, *, min: float | None = None, max: float | None = None,  # noqa: A002
+           below: float | None = None, length: int | None = None, min_len: int | None = None) -> Any:
+    """A schema field: ``min``/``max`` inclusive bounds, ``below`` an exclusive upper bound; on a list they bound
+    every element, and ``length`` (exactly that many values) or ``min_len`` (at least that many; 1 = not
+    empty) bound its length."""
+    rules = {"min": min, "max": max, "below": below, "length": length, "min_len": min_len}
+    if isinstance(default, list):  # a mutable default: one copy per instance, as dataclasses require
+        return dataclasses.field(default_factory=lambda: list(default), metadata=rules)
+    return dataclasses.field(default=default, metadata=rules)
