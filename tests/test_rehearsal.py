@@ -170,3 +170,40 @@ def test_a_gpu_run_states_its_memory_and_time_before_it_loads(tmp_path, capsys):
     assert time_line == (f"time estimate on NVIDIA H200: training {hours[0]:.2f} h, evaluation: generations "
                          f"{hours[1]:.2f} h; {sum(hours):.1f} GPU-hours (task=estimate for the table)")
     assert 1.0 < hours[0] < 2.0 and 0.05 < hours[1] < 0.3  # 1.43 h and 0.14 h (docs/rehearsal.md)
+
+
+def test_a_rehearsal_writes_its_wandb_record_offline(shared_cache, tmp_path, monkeypatch):
+    """logger=wandb on a rehearsed preset: the offline W&B record holds the run's summary (every metric of
+    results.json) and its per-sub-model table, as a full-scale run would upload it (wandb sync)."""
+    from tests.test_wandb_offline import _only, read_wandb
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no API key: offline by itself
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    _rehearse("krona/roberta_base_glue", run, "logger=wandb")
+    results = json.loads((run / "results.json").read_text())
+    logged = read_wandb(_only(run / "wandb", "offline-run-*/run-*.wandb"))
+    summary = logged["summary"]
+    numbers = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert numbers and all(summary[k] == pytest.approx(v) for k, v in numbers.items() if k in summary)
+    assert [k for k in numbers if k.startswith("test/")] and all(k in summary for k in numbers if k.startswith("test/"))
+    assert summary["results/submodels"]["_type"] == "table-file"
+    assert logged["config"]["rehearsal"]["name"] == "tiny"  # the record says what it is
+
+
+def test_soft_rehearsal_judges_each_exit_against_the_sft_rehearsal(shared_cache, tmp_path, capsys):
+    """SoFT's paired protocol rehearsed: the SFT preset, then the sorted preset with the judge (PandaLM-7B,
+    shrunk to a random LLaMA) comparing both runs' answers exit by exit."""
+    sft = tmp_path / "sft"
+    _rehearse("soft/llama2_13b_alpaca_sft", sft)
+    sorted_run = tmp_path / "sorted"
+    _rehearse("soft/llama2_13b_alpaca", sorted_run, f"judge.against={sft}")
+    capsys.readouterr()
+    results = json.loads((sorted_run / "results.json").read_text())
+    scores = {k: v for k, v in results.items() if k.startswith("test/judge@")}
+    assert scores and all(-1.0 <= v <= 1.0 for v in scores.values())  # (wins - losses) / total per exit
+    info = json.loads((sorted_run / "run_info.json").read_text())["rehearsal"]
+    assert info["replaced"]["judge"] == "WeOpenML/PandaLM-7B-v1"
+    assert (sorted_run / "judge.jsonl").is_file()
