@@ -119,6 +119,11 @@ def get(cfg: DictConfig, key: str, default: Any = None) -> Any:
     return OmegaConf.select(cfg, key, default=default)
 
 
+def plain(value: Any) -> Any:
+    """A config node as plain (resolved) Python lists and dicts; any other value as it is."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def require_int(cfg: DictConfig, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
     """The value at ``key`` as an int, or a ConfigError naming the key and the valid range."""
     value = get(cfg, key)

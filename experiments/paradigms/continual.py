@@ -28,9 +28,9 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from experiments.core.config import ConfigError, get, instantiate
+from experiments.core.config import ConfigError, get, instantiate, plain
 from experiments.core.schema import opt
 from experiments.paradigms.base import Paradigm
 
@@ -109,16 +109,12 @@ class ContinualEvalSchema:
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
 def task_split(cfg: DictConfig) -> list[tuple[int, ...]]:
     """The validated split from config alone (no data): ``data.split`` or ``data.classes_per_task``."""
     from modules.continual.tasks import TaskSplitError, even_split, validate_split
 
     num_classes = int(get(cfg, "data.num_classes"))
-    split = _plain(get(cfg, "data.split"))
+    split = plain(get(cfg, "data.split"))
     try:
         if split is None:
             per_task = get(cfg, "data.classes_per_task")
@@ -238,10 +234,9 @@ def save_tensor_file(obj: Any, path: Path) -> None:
 # --- pictures ------------------------------------------------------------------------------------
 def sample_grid(G, classes, per_class: int, seed: int, path: Path, title: str) -> Path:
     """One row of ``per_class`` generated images per class (fixed noise)."""
-    import matplotlib
+    from experiments.results.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from modules.continual.evaluation import generate
 
@@ -263,10 +258,9 @@ def sample_grid(G, classes, per_class: int, seed: int, path: Path, title: str) -
 
 def accuracy_curves(acc, path: Path) -> Path:
     """Accuracy on each task j (one line) after learning tasks j..T-1."""
-    import matplotlib
+    from experiments.results.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     T = acc.shape[0]
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -348,16 +342,16 @@ class ContinualParadigm(Paradigm):
             data.setup()
         except (TaskSplitError, FileNotFoundError) as err:
             raise ConfigError(str(err).splitlines()[0]) from None
-        generator = _plain(cfg.generator)
+        generator = plain(cfg.generator)
         optimizer = {name: instantiate(node) for name, node in cfg.optimizer.items()}
         module = ContinualGAN(data.image_shape, data.num_classes, data.stream.tasks, kind=generator["kind"],
                               z_dim=generator.get("z_dim"), width=generator.get("width"), n_critic=n_critic,
                               gp_weight=generator.get("gp_weight", 10.0), acgan_weight=generator.get("acgan_weight", 1.0),
-                              beta=generator.get("beta", 1.0), regularizer=_plain(cfg.regularizer),
+                              beta=generator.get("beta", 1.0), regularizer=plain(cfg.regularizer),
                               replay_batch=int(cfg.continual.replay_batch),
                               replay_critic=bool(cfg.continual.replay_critic),
                               fisher_batches=int(cfg.continual.fisher_batches), seed=int(cfg.seed),
-                              optimizer=optimizer, scheduler=_plain(cfg.scheduler))
+                              optimizer=optimizer, scheduler=plain(cfg.scheduler))
         return module, data
 
     # --- the run: one task after another ---------------------------------------------------------

@@ -14,8 +14,6 @@ against the base model without any adapter, loaded again (``latency/base_ms``, `
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
@@ -180,21 +178,10 @@ def parameter_metrics(model) -> dict[str, float]:
 
 def measure_latency_ms(model, batch: dict, warmup: int = 2, repeats: int = 10) -> float:
     """Median wall time of one forward of ``batch`` (already on the model's device), in ms."""
-    import torch
+    from modules.timing import median_ms
 
-    device = next(model.parameters()).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + max(repeats, 1)):
-            sync()
-            start = time.perf_counter()
-            model(**inputs)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    return median_ms(lambda: model(**inputs), next(model.parameters()).device, warmup, repeats)
 
 
 def latency_metrics(cfg: DictConfig, module, datamodule) -> dict[str, Any]:

@@ -12,8 +12,6 @@ For every evaluated sub-model, on one forward of a fixed 1 x ``SEQ_LEN`` batch o
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from typing import Any
 
 SEQ_LEN = 64
@@ -54,6 +52,8 @@ def forward_costs(model, input_ids) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from modules.timing import median_ms
+
     ran: set[int] = set()
     hooks = [m.register_forward_hook(lambda mod, i, o: ran.add(id(mod))) for m in model.modules()]
     try:
@@ -74,17 +74,8 @@ def forward_costs(model, input_ids) -> dict[str, float]:
             fraction, _ = _sliced(module, p)
             params += fraction * _logical_numel(p)
             size += fraction * p.numel() * p.element_size()
-    sync = torch.cuda.synchronize if input_ids.device.type == "cuda" else (lambda: None)
-    times = []
-    with torch.no_grad():
-        for i in range(1 + REPEATS):
-            sync()
-            start = time.perf_counter()
-            model(input_ids=input_ids)
-            sync()
-            if i:
-                times.append(time.perf_counter() - start)
-    return {"flops": float(counter.get_total_flops()), "latency_ms": 1000.0 * statistics.median(times),
+    latency = median_ms(lambda: model(input_ids=input_ids), input_ids.device, warmup=1, repeats=REPEATS)
+    return {"flops": float(counter.get_total_flops()), "latency_ms": latency,
             "params": round(params), "memory_mb": size / 2**20}
 
 

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from experiments.core.config import ConfigError, get
+from experiments.core.config import ConfigError, get, plain
 from experiments.core.schema import opt
 from experiments.paradigms.base import Paradigm
 
@@ -87,10 +87,6 @@ class ProbeSchema:
 
 
 # --- reading the config --------------------------------------------------------------------------
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
 def encoder_layers(cfg: DictConfig) -> int | None:
     """L (encoder layers) when known without loading: model.encoder_layers, a local config.json, an
     offline alias or an openai/whisper-<size> id; None otherwise (checked once loaded)."""
@@ -107,7 +103,7 @@ def encoder_layers(cfg: DictConfig) -> int | None:
 
 def probe_layers(cfg: DictConfig, num_layers: int | None) -> list[int]:
     """``probe.layers`` -> layer-axis values (-1 = weighted sum, then 0..L), in order, without repeats."""
-    spec = _plain(get(cfg, "probe.layers"))
+    spec = plain(get(cfg, "probe.layers"))
     if spec == "all":
         if num_layers is None:
             return [WEIGHTED]  # expanded once the encoder is loaded
@@ -162,8 +158,8 @@ def encode_device(cfg: DictConfig) -> str:
 def build_datamodule(cfg: DictConfig):
     from data.speech import SpeechDataModule
 
-    data = {k: v for k, v in _plain(cfg.data).items() if k != "_target_"}
-    corruption = _plain(cfg.corruption)
+    data = {k: v for k, v in plain(cfg.data).items() if k != "_target_"}
+    corruption = plain(cfg.corruption)
     return SpeechDataModule(**data, model=str(get(cfg, "model.name_or_path")), dtype=get(cfg, "model.dtype", "float32"),
                             pad_to_30s=bool(get(cfg, "probe.pad_to_30s", True)), encode_device=encode_device(cfg),
                             conditions=corruption["conditions"], train_condition=corruption["train_condition"],
@@ -203,10 +199,9 @@ def probe_table(metrics: dict[str, Any], conditions: list[str]) -> tuple[list[st
 
 
 def plot_probes(metrics: dict[str, Any], conditions: list[str], run_dir: Path, title: str) -> list[Path]:
-    import matplotlib
+    from experiments.results.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     grid = accuracy_grid(metrics)
     layers = list(grid)
@@ -270,7 +265,7 @@ class SpeechParadigm(Paradigm):
 
         try:
             check_task(get(cfg, "data.task"), get(cfg, "data.root"), folder=False)
-            conditions = _plain(get(cfg, "corruption.conditions"))
+            conditions = plain(get(cfg, "corruption.conditions"))
             if not conditions:
                 raise ConfigError("corruption.conditions is empty; give at least [clean]")
             keys = []
@@ -392,7 +387,7 @@ class SpeechParadigm(Paradigm):
                              layer="weighted" if layer == WEIGHTED else layer, head=head_of(cfg),
                              hidden_dim=int(get(cfg, "probe.hidden_dim", 256)),
                              layer_norm=bool(get(cfg, "probe.layer_norm", False)),
-                             optimizer=instantiate(cfg.optimizer), scheduler=_plain(cfg.scheduler))
+                             optimizer=instantiate(cfg.optimizer), scheduler=plain(cfg.scheduler))
         datamodule.set_layer(module.probed_layer)  # a single-layer probe's batches carry its layer only
         trainer = build_trainer(_probe_cfg(cfg, tag), folder)
         last = folder / CHECKPOINT_DIR / LAST

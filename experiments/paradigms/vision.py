@@ -19,17 +19,15 @@ standalone ViTs.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 import dataclasses
 from typing import ClassVar, Literal, Optional, Union
 
-from experiments.core.config import ConfigError, get, instantiate, require_int
+from experiments.core.config import ConfigError, get, instantiate, plain, require_int
 from experiments.core.runtime import latency_device
 from experiments.core.schema import LatencySchema, opt
 from experiments.paradigms.base import Paradigm
@@ -43,10 +41,6 @@ INDEPENDENT_INITS = ("random", "slice")  # how an independently trained small mo
 
 
 # --- reading the config ---------------------------------------------------------------------
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
 def method_of(cfg: DictConfig):
     """``"sorted"``, ``"standard"`` or the ``SubModel`` of an independently trained small model."""
     from modules.submodel import SubModel, SubModelError
@@ -88,7 +82,7 @@ def model_config(cfg: DictConfig, image_shape: tuple[int, int, int] | None = Non
     """
     from modules.sorted_vit import SortedViTConfig
 
-    options = {k: v for k, v in _plain(cfg.model).items() if k not in MODEL_KEYS_NOT_CONFIG}
+    options = {k: v for k, v in plain(cfg.model).items() if k not in MODEL_KEYS_NOT_CONFIG}
     name = get(cfg, "model.name_or_path")
     if name:
         labels = options.get("num_labels") or num_classes
@@ -148,7 +142,7 @@ def axes_of(cfg: DictConfig, vit_cfg) -> dict[str, list[int]]:
     training samples from."""
     from modules.sorted_vit import AXES, SubModelError, _describe, check_axis, valid_choices
 
-    axes = _plain(get(cfg, "nested.axes"))
+    axes = plain(get(cfg, "nested.axes"))
     if not isinstance(axes, Mapping) or not axes:
         raise ConfigError(f"nested.axes is empty or missing; give a mapping axis -> values for some of "
                           f"{', '.join(AXES)}, e.g. {{depth: [1, 2], width: [16, 32]}}")
@@ -180,7 +174,7 @@ def eval_grid_of(cfg: DictConfig, vit_cfg, axes: Mapping[str, list[int]]) -> lis
     from modules.sorted_vit import SubModelError, resolve
     from modules.submodel import SubModelSpace, parse_grid
 
-    spec = _plain(get(cfg, "nested.eval_grid"))
+    spec = plain(get(cfg, "nested.eval_grid"))
     if spec is not None and spec != "all" and not isinstance(spec, (Mapping, list)):
         raise ConfigError(f"nested.eval_grid={spec!r}: give null (the nested.axes grid), a mapping axis -> "
                           "values, or a list of keys such as ['depth=1,width=16']")
@@ -270,7 +264,7 @@ def build_model(cfg: DictConfig, datamodule):
     from transformers import ViTForImageClassification
 
     # config changes the checkpoint allows (head size, dropouts); its sizes are checked, never changed
-    changes = {k: v for k, v in _plain(cfg.model).items()
+    changes = {k: v for k, v in plain(cfg.model).items()
                if k not in MODEL_KEYS_NOT_CONFIG + CHECKPOINT_SIZES and v is not None}
     changes.setdefault("num_labels", classes)
     try:  # ignore_mismatched_sizes: the classifier is re-initialised when num_labels differs
@@ -310,7 +304,7 @@ def build(cfg: DictConfig):
     else:
         sampler = FixedSampler(nested.space, seed=cfg.seed, choice="largest")
     module = NestedClassifier(model, nested, sampler, optimizer=instantiate(cfg.optimizer),
-                              scheduler=_plain(cfg.scheduler), eval_grid=grid)
+                              scheduler=plain(cfg.scheduler), eval_grid=grid)
     return module, datamodule
 
 
@@ -322,22 +316,15 @@ def measure_latency_ms(model, sub, batch_size: int = 1, warmup: int = 3, repeats
 
     import torch
 
+    from modules.timing import median_ms
+
     cfg = model.config
     device = device or next(model.parameters()).device
     x = torch.randn(batch_size, cfg.num_channels, cfg.image_size, cfg.image_size, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
-    times = []
-    with torch.no_grad(), ctx:
-        for i in range(warmup + max(repeats, 1)):
-            sync()
-            start = time.perf_counter()
-            model(x, sub)
-            sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    with ctx:
+        return median_ms(lambda: model(x, sub), device, warmup, repeats)
 
 
 def cost_metrics(cfg: DictConfig, model, grid) -> dict[str, float]:

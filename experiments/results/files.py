@@ -170,12 +170,19 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
         writer.writerows(rows)
 
 
-def plot_submodel_curve(metrics: Mapping[str, float], names: list[str], path: Path) -> Path | None:
-    """Metric vs the (single) nested axis, one panel per metric; None if nothing to plot."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display: runs write PNGs), the one plotting setup."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_submodel_curve(metrics: Mapping[str, float], names: list[str], path: Path) -> Path | None:
+    """Metric vs the (single) nested axis, one panel per metric; None if nothing to plot."""
+    plt = pyplot()
 
     series = {}
     for name in names:

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from hydra.experimental.callback import Callback
 
+from experiments.results.files import pyplot
 from modules.submodel import SubModel, metric_key, split_metric_key
 
 METHODS = ("sorted", "standard")  # nested.method values; anything else is an independently trained small model
@@ -39,15 +40,6 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_run(metrics: Mapping[str, Any], grid: Sequence[SubModel], metric: str, path: Path,
              title: str = "") -> Path | None:
     """One run's grid: ``metric`` vs MACs, every sub-network a point, the Pareto front a line."""
@@ -55,7 +47,7 @@ def plot_run(metrics: Mapping[str, Any], grid: Sequence[SubModel], metric: str, 
               if metric_key("macs", s) in metrics and metric_key(metric, s) in metrics]
     if not points:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=18)
     front = pareto_front((p[0], p[1]) for p in points)
@@ -168,7 +160,7 @@ def _cell(value: Any) -> str:
 
 def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path, metric: str = "test/acc", title: str = "") -> Path:
     """``metric`` vs MACs, a colour per method; each method's Pareto front as a line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = "osD^v<>"
     for i, method in enumerate(methods_of(rows)):

@@ -15,14 +15,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from experiments.results.files import pyplot
 
 
 def plot_table(spec: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]], header: list[str],
@@ -49,7 +42,7 @@ def plot_curve(spec: Mapping[str, Any], header: list[str], rows: list[list[Any]]
     numeric = all(_is_number(v) for _, v in columns)
     xs = [float(v) for _, v in columns] if numeric else list(range(len(columns)))
     label_width = len(header) - len(columns) - (1 if spec.get("average") else 0) - len(spec.get("extra") or {})
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = 0
     for row in rows:
@@ -94,7 +87,7 @@ def plot_layer_weights(spec: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]
                 series.setdefault(name, {}).setdefault(int(key.rsplit("_", 1)[1]), []).append(float(value))
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     layers = 0
     for label, per_layer in sorted(series.items()):

@@ -92,10 +92,9 @@ def table(out: Path, steps: list[int], rows: list[str]) -> tuple[str, dict]:
 
 
 def plot(curve: dict, path: Path) -> None:
-    import matplotlib
+    from experiments.results.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for row, points in curve.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from torch import nn
 
@@ -21,6 +21,31 @@ from modules.submodel import NestedModel, SubModel
 
 class AdapterError(ValueError):
     """Adapter options that cannot work; the message is one line naming ``adapter.<key>``."""
+
+
+def wrap_modules(model: nn.Module, targets: Sequence[str] | str, fits: Callable[[nn.Module], bool],
+                 wrap: Callable[[str, nn.Module], nn.Module], exclude: Sequence[str] = ("lm_head",),
+                 kind: str = "linear layer") -> list[str]:
+    """Every adapter's injection: freeze the whole model, then replace each module that ``fits`` and whose last
+    name is one of ``targets`` ("all-linear": every module that fits) by ``wrap(name, module)``; leaf names in
+    ``exclude`` are left alone and only the outermost match of a nested pair is wrapped. Returns the wrapped
+    names; when none matches, an AdapterError naming ``adapter.target_modules`` and what the model has."""
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    names: list[str] = []
+    for name, module in model.named_modules():
+        leaf = name.rpartition(".")[2]
+        if not name or leaf in exclude or not fits(module):
+            continue
+        if (targets == ["all-linear"] or leaf in targets) and not any(name.startswith(n + ".") for n in names):
+            names.append(name)
+    if not names:
+        found = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if n and fits(m)})
+        raise AdapterError(f"adapter.target_modules={targets} matched no {kind}; this model has: {found[:40]}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        model.set_submodule(name, wrap(name, model.get_submodule(name)))
+    return names
 
 
 @dataclasses.dataclass

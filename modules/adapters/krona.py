@@ -24,7 +24,7 @@ from typing import ClassVar, Iterator, Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from modules.adapters import Adapter, AdapterError, option
+from modules.adapters import Adapter, AdapterError, option, wrap_modules
 from modules.kronecker import factor_shapes, is_conv1d, kron_dense, kron_matmul
 from modules.submodel import NestedModel
 
@@ -177,24 +177,12 @@ def inject_krona(model: nn.Module, target_modules: Sequence[str] | str, variant:
         raise ValueError(f"adapter.target_modules=all-linear only fits variant 'krona'; {variant!r} wraps blocks "
                          f"(name them, e.g. mlp)")
     fits = _is_linear if variant == "krona" else (lambda m: True)
-    names = []
-    for name, module in model.named_modules():
-        leaf = name.rpartition(".")[2]
-        if not name or not fits(module) or leaf in exclude or isinstance(module, KronALinear):
-            continue
-        if (targets == ["all-linear"] or leaf in targets) and not any(name.startswith(n + ".") for n in names):
-            names.append(name)
-    if not names:
-        found = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if n and fits(m)})
-        kind = "linear layer" if variant == "krona" else "module"
-        raise ValueError(f"adapter.target_modules={targets} matched no {kind}; this model has: {found[:40]}")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name in names:
-        base = model.get_submodule(name)
-        model.set_submodule(name, KronALinear(base, a_shape, b_shape, factor, rank, scale, variant, dropout,
-                                              init_zero, res_init, name=name))
-    return names
+
+    def wrap(name: str, base: nn.Module) -> nn.Module:
+        return KronALinear(base, a_shape, b_shape, factor, rank, scale, variant, dropout, init_zero, res_init, name=name)
+
+    return wrap_modules(model, targets, lambda m: fits(m) and not isinstance(m, KronALinear), wrap, exclude,
+                        "linear layer" if variant == "krona" else "module")
 
 
 def krona_layers(model: nn.Module) -> Iterator[tuple[str, KronALinear]]:

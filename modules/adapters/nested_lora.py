@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules.adapters import wrap_modules
+
 SCALES = ("alpha/b", "alpha/r_max", "alpha/sqrt(b)")
 
 
@@ -116,28 +118,11 @@ def inject_nested_lora(model: nn.Module, target_modules: Sequence[str], r_max: i
     """Wrap every linear whose name ends with one of ``target_modules`` ("all-linear" = every
     linear but ``exclude``); freeze everything else. Returns the wrapped module names.
     ``matryoshka``: MatryoshkaLoRA training over ranks r_min..r_max (see the module docstring)."""
-    targets = list(target_modules) if not isinstance(target_modules, str) else [target_modules]
-    names = []
-    for name, module in list(model.named_modules()):
-        if not _is_linear(module) or any(name.split(".")[-1] == e for e in exclude):
-            continue
-        leaf = name.split(".")[-1]
-        if targets != ["all-linear"] and leaf not in targets:
-            continue
-        names.append(name)
-    if not names:
-        found = sorted({n.split(".")[-1] for n, m in model.named_modules() if _is_linear(m)})
-        raise ValueError(f"adapter.target_modules={targets} matched no linear layer; this model has: {found}")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name in names:
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, leaf)
-        layer = NestedLoRALinear(base, r_max, alpha, dropout, scale, frozen_prefix, matryoshka, r_min)
+    def wrap(name: str, base: nn.Module) -> nn.Module:
         device = next((p.device for p in base.parameters()), torch.device("cpu"))
-        setattr(parent, leaf, layer.to(device))
-    return names
+        return NestedLoRALinear(base, r_max, alpha, dropout, scale, frozen_prefix, matryoshka, r_min).to(device)
+
+    return wrap_modules(model, target_modules, _is_linear, wrap, exclude)
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, NestedLoRALinear]]:
