@@ -15,6 +15,6 @@ def option(default: Any = None, *, min: float | None = None, max: float | None =
     every element, and ``length`` (exactly that many values) or ``min_len`` (at least that many; 1 = not
     empty) bound its length."""
     rules = {"min": min, "max": max, "below": below, "length": length, "min_len": min_len}
-    if isinstance(default, list):  # a mutable default: one copy per instance, as dataclasses require
-        return dataclasses.field(default_factory=lambda: list(default), metadata=rules)
+    if isinstance(default, (list, dict)):  # a mutable default: one copy per instance, as dataclasses require
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=rules)
     return dataclasses.field(default=default, metadata=rules)

@@ -162,22 +162,23 @@ def check_all(cfg: DictConfig, schemas: dict[str, type]) -> None:
 @dataclasses.dataclass
 class TrainerSchema:
     """The options of Lightning's Trainer that users change most; any other Trainer argument passes."""
+    yaml: ClassVar[str] = "trainer/cpu"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = False
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"] = "cpu"
     devices: Union[int, str, list[int]] = opt(1, min=-1, min_len=1)  # -1: every device; a list: device ids
-    strategy: Union[str, dict, None] = None  # a Lightning name, or a strategy node (trainer=fsdp, deepspeed)
+    strategy: Union[str, dict, None] = "auto"  # a Lightning name, or a strategy node (trainer=fsdp, deepspeed)
     num_nodes: int = opt(1, min=1)
     precision: Union[str, int] = "32-true"
-    max_steps: int = opt(-1, min=-1)
-    max_epochs: Optional[int] = opt(None, min=-1)
+    max_steps: int = opt(100, min=-1)
+    max_epochs: Optional[int] = opt(-1, min=-1)
     accumulate_grad_batches: int = opt(1, min=1)
-    gradient_clip_val: Optional[float] = opt(None, min=0)
+    gradient_clip_val: Optional[float] = opt(1.0, min=0)
     val_check_interval: Optional[float] = opt(None, min=0)
     check_val_every_n_epoch: Optional[int] = opt(1, min=1)
     num_sanity_val_steps: int = opt(0, min=-1)
-    log_every_n_steps: int = opt(50, min=1)
+    log_every_n_steps: int = opt(5, min=1)
     enable_progress_bar: Optional[bool] = None
-    enable_model_summary: bool = True
+    enable_model_summary: bool = False
     limit_val_batches: Union[int, float, None] = opt(None, min=0)
     limit_test_batches: Union[int, float, None] = opt(None, min=0)
     deterministic: Union[bool, str] = False
@@ -195,14 +196,16 @@ class OptimizerSchema:
 
 @dataclasses.dataclass
 class SchedulerSchema:
+    yaml: ClassVar[str] = "scheduler/constant_warmup"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     name: Optional[Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-                           "polynomial", "inverse_sqrt"]] = None
-    warmup_ratio: float = opt(0.0, min=0, max=1)
+                           "polynomial", "inverse_sqrt"]] = "constant_with_warmup"
+    warmup_ratio: float = opt(0.03, min=0, max=1)
 
 
 @dataclasses.dataclass
 class CheckpointSchema:
+    yaml: ClassVar[str] = "checkpoint/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     every_n_steps: int = opt(50, min=1)
     resume: bool = True
@@ -211,14 +214,16 @@ class CheckpointSchema:
 @dataclasses.dataclass
 class EvalSchema:
     """A paradigm whose eval group adds keys gives a subclass in its ``schemas`` (checked instead of this one)."""
+    yaml: ClassVar[str] = "eval/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     ckpt_path: Optional[str] = None
     metric: str = "test/loss"
-    higher_is_better: bool = True
+    higher_is_better: bool = False
 
 
 @dataclasses.dataclass
 class ExportSchema:
+    yaml: ClassVar[str] = "export/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True  # as EvalSchema: a paradigm's own keys come with its subclass
     submodels: list[str] = opt([])  # [] (the default) exports nothing: accepted
     dir: str = "exports"
@@ -227,6 +232,7 @@ class ExportSchema:
 @dataclasses.dataclass
 class LatencySchema:
     """``latency``: measured inference time per sub-model (the vision and GLUE paradigms)."""
+    yaml: ClassVar[str] = "latency/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = opt(1, min=1)
@@ -238,6 +244,8 @@ class LatencySchema:
 class SamplingSchema:
     """``sampling``: the options of every sampler of modules/submodel.py (one that a chosen sampler does not take
     is refused when it is built: experiments/paradigms/lm.py training_sampler)."""
+    yaml: ClassVar[str] = "sampling/uniform"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    elsewhere: ClassVar[dict] = {"num_random": "sampling/sandwich", "choice": "sampling/fixed"}  # fields only those options set
     closed: ClassVar[bool] = True
     num_per_step: int = opt(1, min=1)
     num_random: int = opt(1, min=0)
@@ -250,6 +258,9 @@ class SamplingSchema:
 class RehearsalSchema:
     """``rehearsal`` (conf/rehearsal/tiny.yaml); ``notes``, ``datasets`` and ``replaced`` are written by
     experiments/rehearsal.py itself."""
+    yaml: ClassVar[str] = "rehearsal/tiny"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    elsewhere: ClassVar[dict] = {"enabled": "rehearsal/none"}  # off unless rehearsal=tiny
+    written: ClassVar[tuple] = ("notes", "datasets", "replaced")  # filled in by the run, not options
     closed: ClassVar[bool] = True
     enabled: bool = False
     name: str = "tiny"

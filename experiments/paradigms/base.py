@@ -122,7 +122,7 @@ class Paradigm:
         """The paradigm's post-evaluation steps (costs, generations, judge, exports), W&B, then table + plot and
         results.json last: a folder holding results.json has everything; a failure in any step before it leaves
         no results.json, and the same command redoes the steps after training (training resumes at its end)."""
-        from experiments.core.loggers import finish_wandb
+        from experiments.results.wandb_log import finish_wandb
         from experiments.results.files import best_line, objective_key, write_results
 
         if not trainer.is_global_zero:

@@ -41,6 +41,8 @@ STATE = "continual_state.json"
 # --- group schemas -------------------------------------------------------------------------------
 @dataclasses.dataclass
 class GeneratorSchema:
+    yaml: ClassVar[str] = "generator/wgan_gp"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    elsewhere: ClassVar[dict] = {"beta": "generator/cvae"}  # fields only those options set
     closed: ClassVar[bool] = True
     kind: Literal["wgan_gp", "cvae"] = "wgan_gp"
     z_dim: Optional[int] = opt(None, min=1)
@@ -53,8 +55,10 @@ class GeneratorSchema:
 
 @dataclasses.dataclass
 class RegularizerSchema:
+    yaml: ClassVar[str] = "regularizer/feature"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    elsewhere: ClassVar[dict] = {"pixel_weight": "regularizer/combined", "feature_weight": "regularizer/combined"}  # fields only those options set
     closed: ClassVar[bool] = True
-    name: Literal["none", "ewc", "pixel", "feature", "combined"] = "none"
+    name: Literal["none", "ewc", "pixel", "feature", "combined"] = "feature"
     weight: float = opt(1.0, min=0)
     pixel_weight: Optional[float] = opt(None, min=0)
     feature_weight: Optional[float] = opt(None, min=0)
@@ -67,17 +71,18 @@ class RegularizerSchema:
 
 @dataclasses.dataclass
 class ContinualDataSchema:
+    yaml: ClassVar[str] = "data/continual_digits"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     source: Literal[SOURCE_NAMES] = "digits"  # type: ignore[valid-type]
     num_classes: int = opt(10, min=1)
     split: Optional[list[list[int]]] = None
     classes_per_task: Optional[int] = opt(2, min=1)
-    batch_size: int = opt(64, min=1)
+    batch_size: int = opt(32, min=1)
     test_fraction: float = opt(0.2, min=0, below=1)
     train_subset: Optional[int] = opt(None, min=1)
     val_fraction: float = opt(0.1, min=0, below=1)
     val_seed: Optional[int] = None
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = "/usr/share/datasets/fashion-mnist/"
     hf_id: Optional[str] = None
     hf_config: Optional[str] = None
     image_column: Optional[str] = None
@@ -88,6 +93,7 @@ class ContinualDataSchema:
 
 @dataclasses.dataclass
 class ContinualSchema:
+    yaml: ClassVar[str] = "paradigm/continual:continual"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     steps_per_task: int = opt(300, min=1)
     replay_batch: int = opt(64, min=1)
@@ -97,6 +103,7 @@ class ContinualSchema:
 
 @dataclasses.dataclass
 class ContinualEvalSchema:
+    yaml: ClassVar[str] = "eval/continual"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     ckpt_path: Optional[str] = None
     metric: str = "val/avg_acc"

@@ -31,24 +31,26 @@ from experiments.paradigms.lm import LMParadigm, architecture_config, build_lm, 
 
 @dataclasses.dataclass
 class CompressionSchema:
+    yaml: ClassVar[str] = "compression/kronecker"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     kind: Literal["kronecker", "truncate", "none"] = "kronecker"
     layers: Union[Literal["odd", "even", "all", "none"], list[int]] = opt("odd", min=0, min_len=1)  # none, not []
     embedding: bool = True
     targets: Optional[list[str]] = opt(None, min_len=1)  # null = every linear map of a block
-    a_shape: Optional[list[int]] = opt(None, length=2, min=1)
+    a_shape: Optional[list[int]] = opt([2, 1], length=2, min=1)
     b_shape: Optional[list[int]] = opt(None, length=2, min=1)
     factor: int = -1
     rank: int = opt(1, min=1)
     embedding_factor: int = opt(2, min=1)
     embedding_rank: int = opt(1, min=1)
     init: Literal["nearest", "random"] = "nearest"
-    fused: Optional[dict] = None
+    fused: Optional[dict] = opt({"c_attn": 3})
     num_layers: Optional[int] = opt(None, min=1)
 
 
 @dataclasses.dataclass
 class DistillSchema:
+    yaml: ClassVar[str] = "distill/ilkd"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     teacher: Optional[str] = None
     teacher_random_config: Optional[dict] = None
@@ -66,6 +68,7 @@ class DistillSchema:
 
 @dataclasses.dataclass
 class TextDataSchema:
+    yaml: ClassVar[str] = "data/pydoc_text"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     source: Literal["pydoc", "hf"] = "pydoc"
     hf_id: Optional[str] = None

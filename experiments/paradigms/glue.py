@@ -31,18 +31,22 @@ from experiments.paradigms.lm import (QuantizationSchema, adapter_of, adapter_op
 # --- the schemas of its groups --------------------------------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
+    yaml: ClassVar[str] = "model/minilm"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    elsewhere: ClassVar[dict] = {"gradient_checkpointing": "model/distilgpt2", "attn_implementation": "model/distilgpt2",
+                                 "ffn_blocks": "model/t5_base", "random_config": "model/tiny_bert"}  # fields only those models set
     closed: ClassVar[bool] = True
-    name_or_path: str = ""
+    name_or_path: str = "all-minilm-l6-v2"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False   # in the decoder model files (GPT-2 for KnGPT2's GLUE stage): not read here
     attn_implementation: Optional[str] = None  # the same
-    lora_targets: Union[list[str], str] = opt([], min_len=1)  # the adapters' target_modules: [] would wrap nothing
+    lora_targets: Union[list[str], str] = opt(["query", "value"], min_len=1)  # the adapters' target_modules: [] would wrap nothing
     ffn_blocks: Optional[list[str]] = opt(None, min_len=1)  # leaf names of whole FFN blocks (KronA^B wraps them); null: none
     random_config: Optional[dict] = None
 
 
 @dataclasses.dataclass
 class DataSchema:
+    yaml: ClassVar[str] = "data/glue_sst2"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     task: str = "sst2"
     source: str = "hf"
@@ -54,18 +58,21 @@ class DataSchema:
     val_size: Union[int, float] = opt(0.05, min=0)
     split_seed: int = 0
     limit_train: Optional[int] = opt(None, min=1)
-    limit_val: Optional[int] = opt(None, min=1)
+    limit_val: Optional[int] = opt(2000, min=1)
     limit_test: Optional[int] = opt(None, min=1)
     num_workers: int = opt(0, min=0)
 
 
 @dataclasses.dataclass
 class EvalSchema(schema.EvalSchema):
+    yaml: ClassVar[str] = "eval/glue"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True  # the core keys only
+    higher_is_better: bool = True
 
 
 @dataclasses.dataclass
 class ExportSchema(schema.ExportSchema):
+    yaml: ClassVar[str] = "export/glue"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     merge: bool = False  # save the trained model with the adapter merged, as a plain HF folder (exports/merged)
 

@@ -24,18 +24,22 @@ ANSWER_FNS = {"first_line": "first_answer_line", "gsm8k": "extract_gsm8k_answer"
 # --- the schemas of the LM groups -----------------------------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
+    yaml: ClassVar[str] = "model/smollm2_135m"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    elsewhere: ClassVar[dict] = {"random_config": "model/tiny_llama"}  # a random model's architecture
     closed: ClassVar[bool] = True
-    name_or_path: str = ""
+    name_or_path: str = "smollm2-135m-instruct"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
-    attn_implementation: Optional[str] = None
-    lora_targets: list[str] = opt([], min_len=1)  # the adapters' target_modules: [] would wrap nothing
-    ffn_blocks: Optional[list[str]] = opt(None, min_len=1)  # whole FFN blocks (KronA^B wraps them); null: none
+    attn_implementation: Optional[str] = "sdpa"
+    lora_targets: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_len=1)  # the adapters' target_modules: [] would wrap nothing
+    ffn_blocks: Optional[list[str]] = opt(["mlp"], min_len=1)  # whole FFN blocks (KronA^B wraps them); null: none
     random_config: Optional[dict] = None
 
 
 @dataclasses.dataclass
 class QuantizationSchema:
+    yaml: ClassVar[str] = "quantization/none"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    elsewhere: ClassVar[dict] = {"config": "quantization/nf4"}  # the BitsAndBytesConfig of a quantized load
     closed: ClassVar[bool] = True
     enabled: bool = False
     config: Optional[dict] = None
@@ -43,25 +47,29 @@ class QuantizationSchema:
 
 @dataclasses.dataclass
 class DataSchema:
+    yaml: ClassVar[str] = "data/stdlib_qa"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     source: str = "stdlib_qa"
     format: Optional[str] = None
-    prompt_template: Optional[str] = None
-    source_options: Optional[dict] = None
+    prompt_template: Optional[str] = "### Question:\n{instruction}{input}\n\n### Answer:\n"
+    source_options: Optional[dict] = opt({})
     splits: Optional[dict] = None
     mc_eval: Optional[dict] = None
     max_length: int = opt(128, min=1)
     batch_size: int = opt(8, min=1)
     eval_batch_size: int = opt(16, min=1)
     limit_train: Optional[int] = opt(None, min=1)
-    limit_val: Optional[int] = opt(None, min=1)
-    limit_test: Optional[int] = opt(None, min=1)
+    limit_val: Optional[int] = opt(64, min=1)
+    limit_test: Optional[int] = opt(128, min=1)
     num_workers: int = opt(0, min=0)
 
 
 @dataclasses.dataclass
 class EvalSchema(schema.EvalSchema):
+    yaml: ClassVar[str] = "eval/lm"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
+    higher_is_better: bool = True
+    metric: str = "test/em"
     generate: bool = True
     max_new_tokens: int = opt(16, min=1)
     answer_format: Literal["first_line", "gsm8k"] = "first_line"
@@ -69,12 +77,15 @@ class EvalSchema(schema.EvalSchema):
 
 @dataclasses.dataclass
 class ExportSchema(schema.ExportSchema):
+    yaml: ClassVar[str] = "export/lm"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
+    submodels: list[str] = opt(["best", "largest"])
     merge: bool = False
 
 
 @dataclasses.dataclass
 class DepthSchema:
+    yaml: ClassVar[str] = "depth/none"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     exits: Optional[list[int]] = opt(None, min=1)  # [] is refused by depth_axis (with what null means)
     eval_exits: Optional[list[int]] = opt(None, min=1)
@@ -84,6 +95,7 @@ class DepthSchema:
 
 @dataclasses.dataclass
 class JudgeSchema:
+    yaml: ClassVar[str] = "judge/none"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     kind: Literal["none", "logprob", "reference"] = "none"
     model: Optional[str] = None

@@ -42,15 +42,17 @@ KNOWN_ENCODER_LAYERS = {"tiny": 4, "base": 6, "small": 12, "medium": 24, "large"
 # --- schemas of the speech groups -----------------------------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
+    yaml: ClassVar[str] = "model/whisper_tiny_en"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     name_or_path: str = "whisper-tiny.en"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    encoder_layers: Optional[int] = opt(None, min=1)
+    encoder_layers: Optional[int] = opt(4, min=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclasses.dataclass
 class DataSchema:
+    yaml: ClassVar[str] = "data/keywords_synth"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     task: str = "keywords"
     root: Optional[str] = None
@@ -66,6 +68,7 @@ class DataSchema:
 
 @dataclasses.dataclass
 class CorruptionSchema:
+    yaml: ClassVar[str] = "corruption/none"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     conditions: list[str] = dataclasses.field(default_factory=lambda: ["clean"])
     train_condition: str = "clean"
@@ -78,6 +81,7 @@ class CorruptionSchema:
 
 @dataclasses.dataclass
 class ProbeSchema:
+    yaml: ClassVar[str] = "probe/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     layers: Union[str, list[Union[int, str]]] = "all"
     head: Literal["auto", "mean_pool", "intent"] = "auto"
@@ -318,7 +322,7 @@ class SpeechParadigm(Paradigm):
     def run(self, ctx) -> float | None:
         import lightning.pytorch as pl
 
-        from experiments.core.loggers import finish_wandb
+        from experiments.results.wandb_log import finish_wandb
         from experiments.results.files import (best_line, markdown_table, objective_key, summarize, write_csv,
                                                write_results, write_run_info)
 

@@ -446,9 +446,10 @@ def after_eval(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Pa
 # --- the paradigm ---------------------------------------------------------------------------------
 @dataclasses.dataclass
 class NestedSchema:
+    yaml: ClassVar[str] = "nested/sorted_vit"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     method: str = "sorted"
-    axes: Optional[dict] = None
+    axes: Optional[dict] = opt({"depth": [1, 2, 3, 4], "width": [16, 32, 48, 64]})
     eval_grid: Union[None, str, dict, list] = None
     independent_init: Literal["random", "slice"] = "random"
 
@@ -456,6 +457,7 @@ class NestedSchema:
 @dataclasses.dataclass
 class ModelSchema:
     """``model``: SortedViTConfig's sizes (conf/model/vit_tiny.yaml); nulls are taken from the data or checkpoint."""
+    yaml: ClassVar[str] = "model/vit_tiny"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     name_or_path: Optional[str] = None
     image_size: Optional[int] = opt(None, min=1)
@@ -476,6 +478,9 @@ class ModelSchema:
 
 @dataclasses.dataclass
 class DataSchema:
+    yaml: ClassVar[str] = "data/digits"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    elsewhere: ClassVar[dict] = {"hf_id": "data/cifar10", "image_column": "data/cifar10", "label_column": "data/cifar10",
+                                 "cache_dir": "data/cifar10", "data_dir": "data/fashion_mnist"}  # hub / local sources only
     closed: ClassVar[bool] = True
     source: str = "digits"  # checked against data/images.py's sources in validate
     hf_id: Optional[str] = None
@@ -489,8 +494,8 @@ class DataSchema:
     normalize: bool = True
     mean: Optional[list[float]] = opt(None, min_len=1)  # per channel (null = the training split's)
     std: Optional[list[float]] = opt(None, min=0, min_len=1)
-    batch_size: int = opt(64, min=1)
-    eval_batch_size: Optional[int] = opt(None, min=1)
+    batch_size: int = opt(128, min=1)
+    eval_batch_size: Optional[int] = opt(512, min=1)
     num_workers: int = opt(0, min=0)
     cache_dir: Optional[str] = None
 

@@ -75,7 +75,7 @@ def report_task(cfg) -> None:
         print(f"written: {report['markdown']} and {report['html']} "
               f"({len(report['rendered'])} tables: {', '.join(report['rendered'])})")
         if get(cfg, "report.wandb"):
-            from experiments.core.loggers import log_report
+            from experiments.results.wandb_log import log_report
 
             log_report(cfg, Path(sweep_dirs[0]), report["tables"])
         return

@@ -47,13 +47,15 @@ def parse_eval_ranks(spec, r_max: int) -> list[int] | None:
 
 @dataclasses.dataclass
 class NestedLoRAOptions:
+    yaml: ClassVar[str] = "adapter/dylora"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    elsewhere: ClassVar[dict] = {"post_hoc_svd": "adapter/lora_svd"}  # fields only those options set
     closed: ClassVar[bool] = True
     kind: str = "nested_lora"
     r_max: int = option(8, min=1)             # largest rank (the rank of a fixed-rank LoRA)
     r_min: int = option(1, min=1)             # smallest rank trained
     alpha: float = option(16.0, min=0)
-    dropout: float = option(0.0, min=0, below=1)
-    scale: Literal["alpha/b", "alpha/r_max", "alpha/sqrt(b)"] = "alpha/b"
+    dropout: float = option(0.05, min=0, below=1)
+    scale: Literal["alpha/b", "alpha/r_max", "alpha/sqrt(b)"] = "alpha/sqrt(b)"
     frozen_prefix: bool = False
     matryoshka: bool = False
     target_modules: Union[list[str], str] = option("all-linear", min_len=1)
@@ -63,11 +65,12 @@ class NestedLoRAOptions:
 
 @dataclasses.dataclass
 class PeftLoRAOptions:
+    yaml: ClassVar[str] = "adapter/peft_lora"  # the group file holding these defaults (tests/test_schema_defaults.py)
     closed: ClassVar[bool] = True
     kind: str = "peft_lora"
     r_max: int = option(8, min=1)
     alpha: float = option(16.0, min=0)
-    dropout: float = option(0.0, min=0, below=1)
+    dropout: float = option(0.05, min=0, below=1)
     target_modules: Union[list[str], str] = option("all-linear", min_len=1)
     eval_ranks: Any = None
 
