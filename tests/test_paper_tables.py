@@ -184,12 +184,12 @@ def test_the_committed_quick_report_rerenders_from_its_run_records(tmp_path):
     report = write_paper_report(records, out=tmp_path)
     assert set(report["rendered"]) == {"qdylora_ranks", "sortednet_grid", "whisper_superb_layers", "krona_glue",
                                        "soft_exits_em", "soft_exits_loss", "soft_exits_judge", "focl_table",
-                                       "focl_accuracy", "kngpt2_ppl"}
+                                       "focl_accuracy", "focl_tuned", "kngpt2_ppl"}
     for name in report["rendered"]:
         assert (tmp_path / f"{name}.md").read_text() == (records / "tables" / f"{name}.md").read_text(), (
             f"{name}: re-render with python run.py task=report report.all=true report.sweep_dir=docs/quick_report")
     html = (records / "tables" / "report.html").read_text()
-    assert html.count("<table>") == 10 and html.count("src='data:image/png;base64,") == 5
+    assert html.count("<table>") == 11 and html.count("src='data:image/png;base64,") == 5
 
 
 def test_a_quoted_override_forms_its_row_by_value(tmp_path):
