@@ -61,7 +61,7 @@ GIB = 1024 ** 3
 class EstimateSchema:
     """``estimate`` (conf/estimate/default.yaml, where each option is described). Several keys read other groups
     (``${data.batch_size}``): a paradigm checks this group after those, so an error names the key the user typed."""
-    yaml: ClassVar[str] = "estimate/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "estimate/default"
     closed: ClassVar[bool] = True
     config: Optional[str] = None
     batch_size: int = option(1, min=1)

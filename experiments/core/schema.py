@@ -8,6 +8,9 @@ typo in ``adapter.dropuot`` is an error, not a silently ignored option); an open
 Lightning Trainer argument) checks only the options it names. ``check(cfg, "adapter", LoraSchema)``
 raises ``ConfigError`` with one line naming the key, the bad value and the valid choices.
 
+``yaml`` names the group file holding a schema's defaults (``elsewhere``: the file of an option only some
+choices set; ``written``: fields a run fills in); tests/test_schema_defaults.py checks they agree.
+
 The core groups are here; each paradigm adds the schemas of its own groups (``Paradigm.schemas``).
 """
 from __future__ import annotations
@@ -162,7 +165,7 @@ def check_all(cfg: DictConfig, schemas: dict[str, type]) -> None:
 @dataclasses.dataclass
 class TrainerSchema:
     """The options of Lightning's Trainer that users change most; any other Trainer argument passes."""
-    yaml: ClassVar[str] = "trainer/cpu"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "trainer/cpu"
     closed: ClassVar[bool] = False
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "tpu", "auto"] = "cpu"
     devices: Union[int, str, list[int]] = opt(1, min=-1, min_len=1)  # -1: every device; a list: device ids
@@ -196,7 +199,7 @@ class OptimizerSchema:
 
 @dataclasses.dataclass
 class SchedulerSchema:
-    yaml: ClassVar[str] = "scheduler/constant_warmup"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "scheduler/constant_warmup"
     closed: ClassVar[bool] = True
     name: Optional[Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                            "polynomial", "inverse_sqrt"]] = "constant_with_warmup"
@@ -205,7 +208,7 @@ class SchedulerSchema:
 
 @dataclasses.dataclass
 class CheckpointSchema:
-    yaml: ClassVar[str] = "checkpoint/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "checkpoint/default"
     closed: ClassVar[bool] = True
     every_n_steps: int = opt(50, min=1)
     resume: bool = True
@@ -214,7 +217,7 @@ class CheckpointSchema:
 @dataclasses.dataclass
 class EvalSchema:
     """A paradigm whose eval group adds keys gives a subclass in its ``schemas`` (checked instead of this one)."""
-    yaml: ClassVar[str] = "eval/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "eval/default"
     closed: ClassVar[bool] = True
     ckpt_path: Optional[str] = None
     metric: str = "test/loss"
@@ -223,7 +226,7 @@ class EvalSchema:
 
 @dataclasses.dataclass
 class ExportSchema:
-    yaml: ClassVar[str] = "export/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "export/default"
     closed: ClassVar[bool] = True  # as EvalSchema: a paradigm's own keys come with its subclass
     submodels: list[str] = opt([])  # [] (the default) exports nothing: accepted
     dir: str = "exports"
@@ -232,7 +235,7 @@ class ExportSchema:
 @dataclasses.dataclass
 class LatencySchema:
     """``latency``: measured inference time per sub-model (the vision and GLUE paradigms)."""
-    yaml: ClassVar[str] = "latency/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "latency/default"
     closed: ClassVar[bool] = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = opt(1, min=1)
@@ -244,7 +247,7 @@ class LatencySchema:
 class SamplingSchema:
     """``sampling``: the options of every sampler of modules/submodel.py (one that a chosen sampler does not take
     is refused when it is built: experiments/paradigms/lm.py training_sampler)."""
-    yaml: ClassVar[str] = "sampling/uniform"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "sampling/uniform"
     elsewhere: ClassVar[dict] = {"num_random": "sampling/sandwich", "choice": "sampling/fixed"}  # fields only those options set
     closed: ClassVar[bool] = True
     num_per_step: int = opt(1, min=1)
@@ -258,7 +261,7 @@ class SamplingSchema:
 class RehearsalSchema:
     """``rehearsal`` (conf/rehearsal/tiny.yaml); ``notes``, ``datasets`` and ``replaced`` are written by
     experiments/rehearsal.py itself."""
-    yaml: ClassVar[str] = "rehearsal/tiny"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "rehearsal/tiny"
     elsewhere: ClassVar[dict] = {"enabled": "rehearsal/none"}  # off unless rehearsal=tiny
     written: ClassVar[tuple] = ("notes", "datasets", "replaced")  # filled in by the run, not options
     closed: ClassVar[bool] = True

@@ -41,7 +41,7 @@ STATE = "continual_state.json"
 # --- group schemas -------------------------------------------------------------------------------
 @dataclasses.dataclass
 class GeneratorSchema:
-    yaml: ClassVar[str] = "generator/wgan_gp"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "generator/wgan_gp"
     elsewhere: ClassVar[dict] = {"beta": "generator/cvae"}  # fields only those options set
     closed: ClassVar[bool] = True
     kind: Literal["wgan_gp", "cvae"] = "wgan_gp"
@@ -55,7 +55,7 @@ class GeneratorSchema:
 
 @dataclasses.dataclass
 class RegularizerSchema:
-    yaml: ClassVar[str] = "regularizer/feature"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "regularizer/feature"
     elsewhere: ClassVar[dict] = {"pixel_weight": "regularizer/combined", "feature_weight": "regularizer/combined"}  # fields only those options set
     closed: ClassVar[bool] = True
     name: Literal["none", "ewc", "pixel", "feature", "combined"] = "feature"
@@ -71,7 +71,7 @@ class RegularizerSchema:
 
 @dataclasses.dataclass
 class ContinualDataSchema:
-    yaml: ClassVar[str] = "data/continual_digits"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "data/continual_digits"
     closed: ClassVar[bool] = True
     source: Literal[SOURCE_NAMES] = "digits"  # type: ignore[valid-type]
     num_classes: int = opt(10, min=1)
@@ -93,7 +93,7 @@ class ContinualDataSchema:
 
 @dataclasses.dataclass
 class ContinualSchema:
-    yaml: ClassVar[str] = "paradigm/continual:continual"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "paradigm/continual:continual"
     closed: ClassVar[bool] = True
     steps_per_task: int = opt(300, min=1)
     replay_batch: int = opt(64, min=1)
@@ -103,7 +103,7 @@ class ContinualSchema:
 
 @dataclasses.dataclass
 class ContinualEvalSchema:
-    yaml: ClassVar[str] = "eval/continual"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "eval/continual"
     closed: ClassVar[bool] = True
     ckpt_path: Optional[str] = None
     metric: str = "val/avg_acc"

@@ -31,7 +31,7 @@ from experiments.paradigms.lm import LMParadigm, architecture_config, build_lm, 
 
 @dataclasses.dataclass
 class CompressionSchema:
-    yaml: ClassVar[str] = "compression/kronecker"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "compression/kronecker"
     closed: ClassVar[bool] = True
     kind: Literal["kronecker", "truncate", "none"] = "kronecker"
     layers: Union[Literal["odd", "even", "all", "none"], list[int]] = opt("odd", min=0, min_len=1)  # none, not []
@@ -50,7 +50,7 @@ class CompressionSchema:
 
 @dataclasses.dataclass
 class DistillSchema:
-    yaml: ClassVar[str] = "distill/ilkd"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "distill/ilkd"
     closed: ClassVar[bool] = True
     teacher: Optional[str] = None
     teacher_random_config: Optional[dict] = None
@@ -68,7 +68,7 @@ class DistillSchema:
 
 @dataclasses.dataclass
 class TextDataSchema:
-    yaml: ClassVar[str] = "data/pydoc_text"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "data/pydoc_text"
     closed: ClassVar[bool] = True
     source: Literal["pydoc", "hf"] = "pydoc"
     hf_id: Optional[str] = None

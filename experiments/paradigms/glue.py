@@ -31,7 +31,7 @@ from experiments.paradigms.lm import (QuantizationSchema, adapter_of, adapter_op
 # --- the schemas of its groups --------------------------------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
-    yaml: ClassVar[str] = "model/minilm"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "model/minilm"
     elsewhere: ClassVar[dict] = {"gradient_checkpointing": "model/distilgpt2", "attn_implementation": "model/distilgpt2",
                                  "ffn_blocks": "model/t5_base", "random_config": "model/tiny_bert"}  # fields only those models set
     closed: ClassVar[bool] = True
@@ -46,7 +46,7 @@ class ModelSchema:
 
 @dataclasses.dataclass
 class DataSchema:
-    yaml: ClassVar[str] = "data/glue_sst2"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "data/glue_sst2"
     closed: ClassVar[bool] = True
     task: str = "sst2"
     source: str = "hf"
@@ -65,14 +65,14 @@ class DataSchema:
 
 @dataclasses.dataclass
 class EvalSchema(schema.EvalSchema):
-    yaml: ClassVar[str] = "eval/glue"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "eval/glue"
     closed: ClassVar[bool] = True  # the core keys only
     higher_is_better: bool = True
 
 
 @dataclasses.dataclass
 class ExportSchema(schema.ExportSchema):
-    yaml: ClassVar[str] = "export/glue"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "export/glue"
     closed: ClassVar[bool] = True
     merge: bool = False  # save the trained model with the adapter merged, as a plain HF folder (exports/merged)
 

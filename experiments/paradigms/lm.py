@@ -24,7 +24,7 @@ ANSWER_FNS = {"first_line": "first_answer_line", "gsm8k": "extract_gsm8k_answer"
 # --- the schemas of the LM groups -----------------------------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
-    yaml: ClassVar[str] = "model/smollm2_135m"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "model/smollm2_135m"
     elsewhere: ClassVar[dict] = {"random_config": "model/tiny_llama"}  # a random model's architecture
     closed: ClassVar[bool] = True
     name_or_path: str = "smollm2-135m-instruct"
@@ -38,7 +38,7 @@ class ModelSchema:
 
 @dataclasses.dataclass
 class QuantizationSchema:
-    yaml: ClassVar[str] = "quantization/none"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "quantization/none"
     elsewhere: ClassVar[dict] = {"config": "quantization/nf4"}  # the BitsAndBytesConfig of a quantized load
     closed: ClassVar[bool] = True
     enabled: bool = False
@@ -47,7 +47,7 @@ class QuantizationSchema:
 
 @dataclasses.dataclass
 class DataSchema:
-    yaml: ClassVar[str] = "data/stdlib_qa"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "data/stdlib_qa"
     closed: ClassVar[bool] = True
     source: str = "stdlib_qa"
     format: Optional[str] = None
@@ -66,7 +66,7 @@ class DataSchema:
 
 @dataclasses.dataclass
 class EvalSchema(schema.EvalSchema):
-    yaml: ClassVar[str] = "eval/lm"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "eval/lm"
     closed: ClassVar[bool] = True
     higher_is_better: bool = True
     metric: str = "test/em"
@@ -77,7 +77,7 @@ class EvalSchema(schema.EvalSchema):
 
 @dataclasses.dataclass
 class ExportSchema(schema.ExportSchema):
-    yaml: ClassVar[str] = "export/lm"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "export/lm"
     closed: ClassVar[bool] = True
     submodels: list[str] = opt(["best", "largest"])
     merge: bool = False
@@ -85,7 +85,7 @@ class ExportSchema(schema.ExportSchema):
 
 @dataclasses.dataclass
 class DepthSchema:
-    yaml: ClassVar[str] = "depth/none"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "depth/none"
     closed: ClassVar[bool] = True
     exits: Optional[list[int]] = opt(None, min=1)  # [] is refused by depth_axis (with what null means)
     eval_exits: Optional[list[int]] = opt(None, min=1)
@@ -95,7 +95,7 @@ class DepthSchema:
 
 @dataclasses.dataclass
 class JudgeSchema:
-    yaml: ClassVar[str] = "judge/none"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "judge/none"
     closed: ClassVar[bool] = True
     kind: Literal["none", "logprob", "reference"] = "none"
     model: Optional[str] = None

@@ -42,7 +42,7 @@ KNOWN_ENCODER_LAYERS = {"tiny": 4, "base": 6, "small": 12, "medium": 24, "large"
 # --- schemas of the speech groups -----------------------------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
-    yaml: ClassVar[str] = "model/whisper_tiny_en"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "model/whisper_tiny_en"
     closed: ClassVar[bool] = True
     name_or_path: str = "whisper-tiny.en"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -52,7 +52,7 @@ class ModelSchema:
 
 @dataclasses.dataclass
 class DataSchema:
-    yaml: ClassVar[str] = "data/keywords_synth"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "data/keywords_synth"
     closed: ClassVar[bool] = True
     task: str = "keywords"
     root: Optional[str] = None
@@ -68,7 +68,7 @@ class DataSchema:
 
 @dataclasses.dataclass
 class CorruptionSchema:
-    yaml: ClassVar[str] = "corruption/none"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "corruption/none"
     closed: ClassVar[bool] = True
     conditions: list[str] = dataclasses.field(default_factory=lambda: ["clean"])
     train_condition: str = "clean"
@@ -81,7 +81,7 @@ class CorruptionSchema:
 
 @dataclasses.dataclass
 class ProbeSchema:
-    yaml: ClassVar[str] = "probe/default"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "probe/default"
     closed: ClassVar[bool] = True
     layers: Union[str, list[Union[int, str]]] = "all"
     head: Literal["auto", "mean_pool", "intent"] = "auto"

@@ -446,7 +446,7 @@ def after_eval(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Pa
 # --- the paradigm ---------------------------------------------------------------------------------
 @dataclasses.dataclass
 class NestedSchema:
-    yaml: ClassVar[str] = "nested/sorted_vit"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "nested/sorted_vit"
     closed: ClassVar[bool] = True
     method: str = "sorted"
     axes: Optional[dict] = opt({"depth": [1, 2, 3, 4], "width": [16, 32, 48, 64]})
@@ -457,7 +457,7 @@ class NestedSchema:
 @dataclasses.dataclass
 class ModelSchema:
     """``model``: SortedViTConfig's sizes (conf/model/vit_tiny.yaml); nulls are taken from the data or checkpoint."""
-    yaml: ClassVar[str] = "model/vit_tiny"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "model/vit_tiny"
     closed: ClassVar[bool] = True
     name_or_path: Optional[str] = None
     image_size: Optional[int] = opt(None, min=1)
@@ -478,7 +478,7 @@ class ModelSchema:
 
 @dataclasses.dataclass
 class DataSchema:
-    yaml: ClassVar[str] = "data/digits"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "data/digits"
     elsewhere: ClassVar[dict] = {"hf_id": "data/cifar10", "image_column": "data/cifar10", "label_column": "data/cifar10",
                                  "cache_dir": "data/cifar10", "data_dir": "data/fashion_mnist"}  # hub / local sources only
     closed: ClassVar[bool] = True

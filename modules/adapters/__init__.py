@@ -51,7 +51,7 @@ def wrap_modules(model: nn.Module, targets: Sequence[str] | str, fits: Callable[
 @dataclasses.dataclass
 class NoOptions:
     """``adapter=none``: nothing but its kind."""
-    yaml: ClassVar[str] = "adapter/none"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "adapter/none"
     closed: ClassVar[bool] = True
     kind: str = "none"
 

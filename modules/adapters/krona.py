@@ -223,7 +223,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 # --- the adapter contract (modules/adapters/__init__.py) --------------------------------------------------
 @dataclasses.dataclass
 class KronAOptions:
-    yaml: ClassVar[str] = "adapter/krona"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "adapter/krona"
     closed: ClassVar[bool] = True
     kind: str = "krona"
     variant: Literal["krona", "krona_block", "krona_block_res"] = "krona"

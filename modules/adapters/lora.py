@@ -47,7 +47,7 @@ def parse_eval_ranks(spec, r_max: int) -> list[int] | None:
 
 @dataclasses.dataclass
 class NestedLoRAOptions:
-    yaml: ClassVar[str] = "adapter/dylora"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "adapter/dylora"
     elsewhere: ClassVar[dict] = {"post_hoc_svd": "adapter/lora_svd"}  # fields only those options set
     closed: ClassVar[bool] = True
     kind: str = "nested_lora"
@@ -65,7 +65,7 @@ class NestedLoRAOptions:
 
 @dataclasses.dataclass
 class PeftLoRAOptions:
-    yaml: ClassVar[str] = "adapter/peft_lora"  # the group file holding these defaults (tests/test_schema_defaults.py)
+    yaml: ClassVar[str] = "adapter/peft_lora"
     closed: ClassVar[bool] = True
     kind: str = "peft_lora"
     r_max: int = option(8, min=1)
