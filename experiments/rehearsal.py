@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.core.config import get
+from experiments.core.schema import RehearsalSchema, TrainerSchema, check, options
 from experiments.results.files import write_json
 from experiments.results.tables import rehearsal_caption
 
@@ -32,11 +33,11 @@ GPU_STRATEGIES = ("fsdp", "deepspeed", "ddp", "ddp_spawn")
 
 
 def enabled(cfg: DictConfig) -> bool:
-    return bool(get(cfg, "rehearsal.enabled", False))
+    return options(cfg, "rehearsal", RehearsalSchema).enabled
 
 
 def caption(cfg_or_name: Any) -> str:
-    name = cfg_or_name if isinstance(cfg_or_name, str) else get(cfg_or_name, "rehearsal.name", "tiny")
+    name = cfg_or_name if isinstance(cfg_or_name, str) else options(cfg_or_name, "rehearsal", RehearsalSchema).name
     return rehearsal_caption(name)
 
 
@@ -54,17 +55,15 @@ def rehearse(cfg: DictConfig) -> DictConfig:
     """The rehearsal of ``cfg`` (``cfg`` itself when ``rehearsal.enabled`` is false)."""
     if not enabled(cfg):
         return cfg
-    from experiments.core.schema import RehearsalSchema, check
-
     check(cfg, "rehearsal", RehearsalSchema)  # before its options shape anything
     from data import fixtures
 
-    r = cfg.rehearsal
+    r = options(cfg, "rehearsal", RehearsalSchema)
     notes: list[str] = []
     with open_dict(cfg):
         paradigm = str(cfg.paradigm)
         datasets = _data(cfg, r, paradigm)
-        root = fixtures.ensure_fixtures(datasets, r.get("fixtures_dir"))
+        root = fixtures.ensure_fixtures(datasets, r.fixtures_dir)
         os.environ[fixtures.MIRROR_ENV] = str(root)
         if paradigm == "speech":
             _set(cfg, "data.root", str(root / "speech" / str(cfg.data.task)))
@@ -79,7 +78,7 @@ def rehearse(cfg: DictConfig) -> DictConfig:
 
 
 # --- data --------------------------------------------------------------------------------------------------
-def _data(cfg: DictConfig, r: DictConfig, paradigm: str) -> list[str]:
+def _data(cfg: DictConfig, r: RehearsalSchema, paradigm: str) -> list[str]:
     """Limit every split to a few examples; the fixtures the preset's data reads (hub ids / speech tasks)."""
     from data import fixtures
 
@@ -115,7 +114,8 @@ def _data(cfg: DictConfig, r: DictConfig, paradigm: str) -> list[str]:
     if paradigm == "speech":
         _cap(cfg, "data.limit_train", n)
         _cap(cfg, "data.limit_eval", n)
-        _set(cfg, "corruption.babble_pool", min(int(get(cfg, "corruption.babble_pool", n)), n))
+        if get(cfg, "corruption.babble_pool") is not None:
+            _set(cfg, "corruption.babble_pool", min(int(cfg.corruption.babble_pool), n))
         return [str(cfg.data.task)] if str(cfg.data.task) in fixtures.SPEECH else []
     if paradigm == "continual":
         from data.continual_sources import SOURCES
@@ -133,7 +133,7 @@ def _data(cfg: DictConfig, r: DictConfig, paradigm: str) -> list[str]:
 
 
 # --- model -------------------------------------------------------------------------------------------------
-def _model(cfg: DictConfig, r: DictConfig, paradigm: str) -> None:
+def _model(cfg: DictConfig, r: RehearsalSchema, paradigm: str) -> None:
     from modules.hf_model import architecture_of, materialize_random, shrunk_config
 
     hidden, heads, layers = int(r.hidden), int(r.heads), int(r.layers)
@@ -142,7 +142,7 @@ def _model(cfg: DictConfig, r: DictConfig, paradigm: str) -> None:
         arch = architecture_of(str(name))
         exits = [int(e) for e in (get(cfg, "depth.exits") or []) + (get(cfg, "depth.eval_exits") or [])]
         depth = max(exits) if exits else layers  # SoFT's exits are layer numbers of the real model
-        positions = max(int(get(cfg, "data.max_length", 0) or 0), int(get(cfg, "data.block_size", 0) or 0), 128) + 8
+        positions = max(int(get(cfg, "data.max_length") or 0), int(get(cfg, "data.block_size") or 0), 128) + 8
         _set(cfg, "model.random_config", shrunk_config(arch, depth, hidden, heads, positions))
         _set(cfg, "model.name_or_path", f"random:{arch}")
         _set(cfg, "rehearsal.replaced.model", str(name))
@@ -183,15 +183,16 @@ def _model(cfg: DictConfig, r: DictConfig, paradigm: str) -> None:
 
 
 # --- trainer -----------------------------------------------------------------------------------------------
-def _trainer(cfg: DictConfig, r: DictConfig, paradigm: str, notes: list[str]) -> None:
-    strategy = str(get(cfg, "trainer.strategy", "auto"))
+def _trainer(cfg: DictConfig, r: RehearsalSchema, paradigm: str, notes: list[str]) -> None:
+    trainer = options(cfg, "trainer", TrainerSchema)
+    strategy = str(trainer.strategy)
     kind = strategy.split("_")[0] if strategy.startswith(("fsdp", "deepspeed")) else strategy
     if kind in GPU_STRATEGIES:
         why = {"ddp": " (2 gloo processes would relaunch the command; trainer=ddp_cpu rehearses DDP)",
                "ddp_spawn": " (trainer=ddp_cpu rehearses DDP)"}.get(kind, " (it shards over GPUs)")
         notes.append(f"not rehearsed on CPU: {kind}{why}")
-    gpu = str(r.get("accelerator", "cpu")) == "gpu"
-    precision = str(get(cfg, "trainer.precision", "32-true"))
+    gpu = r.accelerator == "gpu"
+    precision = str(trainer.precision)
     if gpu:
         precision = "bf16-mixed"  # what the full-scale presets train in
     elif precision not in ("32-true", "32", "bf16-mixed", "bf16-true"):

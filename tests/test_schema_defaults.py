@@ -44,9 +44,12 @@ def _all_schemas() -> dict[str, type]:
     from modules.adapters.krona import KronAOptions
     from modules.adapters.lora import NestedLoRAOptions, PeftLoRAOptions
     from modules.adapters import NoOptions
+    from experiments.benchmarks.kronecker import KroneckerBenchmarkSchema
+    from experiments.benchmarks.lora import BenchmarkModelSchema, BenchmarkQuantizationSchema, LoraBenchmarkSchema
 
     found = {s.__qualname__ + "@" + s.__module__: s for s in
-             (*CORE_SCHEMAS.values(), NoOptions, NestedLoRAOptions, PeftLoRAOptions, KronAOptions)}
+             (*CORE_SCHEMAS.values(), NoOptions, NestedLoRAOptions, PeftLoRAOptions, KronAOptions,
+              LoraBenchmarkSchema, BenchmarkModelSchema, BenchmarkQuantizationSchema, KroneckerBenchmarkSchema)}
     presets = [str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").glob("*/*quick*.yaml")]
     presets.append("kngpt2/gpt2_glue")  # the distill_glue paradigm has no quick preset
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -86,3 +89,43 @@ def test_a_schemas_defaults_are_its_yaml_files_values(name):
             wrong.append(f"{key}: schema default {_default(field)!r}, {source} says {values[key]!r}")
     # an interpolated value (``${data.batch_size}``) is derived from another option, declared where it points
     assert not wrong, f"{name}: " + "; ".join(wrong)
+
+
+def _calls_with_a_default(path):
+    """(line, call) of every ``get(cfg, key, default)`` and ``cfg....get("key", default)`` in a source file."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "get" and (len(node.args) > 2 or node.keywords):
+            found.append((node.lineno, ast.unparse(node)))
+        elif isinstance(func, ast.Attribute) and func.attr == "get" and len(node.args) == 2 \
+                and ast.unparse(func.value).startswith(("cfg", "self.cfg")) \
+                and isinstance(node.args[0], ast.Constant) and not (
+                    isinstance(node.args[1], ast.Constant) and node.args[1].value is None):
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_no_option_has_a_default_outside_its_schema():
+    """The code reads an option through its schema (``schema.options(cfg, group, Schema).field``) or plainly
+    (``get(cfg, key)``, None where absent): a second default at a call site is what once let the yaml, the
+    schema and the code disagree. ``get`` takes no default at all; this catches the other spellings."""
+    offending = [f"{path.relative_to(ROOT)}:{line}: {src}" for path in sorted((ROOT / "experiments").rglob("*.py"))
+                 for line, src in _calls_with_a_default(path)]
+    assert not offending, "option defaults outside a schema:\n" + "\n".join(offending)
+
+
+def test_options_fill_what_a_config_leaves_out_from_the_schema():
+    from omegaconf import OmegaConf
+
+    from experiments.core.schema import LatencySchema, options
+
+    cfg = OmegaConf.create({"latency": {"repeats": 7, "device": "${oc.env:NO_SUCH_VAR,cpu}"}})
+    got = options(cfg, "latency", LatencySchema)
+    assert (got.repeats, got.device) == (7, "cpu")  # set (and resolved)
+    assert (got.batch_size, got.warmup) == (LatencySchema.batch_size, LatencySchema.warmup) == (1, 3)  # the schema's
+    assert options(OmegaConf.create({}), "latency", LatencySchema) == LatencySchema()  # no group: every default

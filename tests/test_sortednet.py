@@ -113,10 +113,10 @@ if not torch.cuda.is_available():
 @pytest.mark.parametrize("override, words", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_a_one_line_config_error(override, words):
     from experiments.core.config import ConfigError
-    from experiments.paradigms.vision import validate
+    from experiments.core.tasks import validate  # the group schemas, then the paradigm's own rules
 
     with pytest.raises(ConfigError) as err:
-        validate(compose([*TINY, override]))
+        validate(compose([*TINY, override]), machine=False)
     msg = str(err.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
 

@@ -8,9 +8,10 @@ KINDS = {"lora": "experiments.benchmarks.lora", "kronecker": "experiments.benchm
 
 
 def benchmark_task(cfg):
-    from experiments.core.config import ConfigError, get
+    from experiments.benchmarks.lora import benchmark_node
+    from experiments.core.config import ConfigError
 
-    kind = get(cfg, "benchmark.kind", "lora")
+    kind = benchmark_node(cfg).get("kind")  # no benchmark group: conf/benchmark/cpu_tiny.yaml
     if kind not in KINDS:
         raise ConfigError(f"benchmark.kind={kind!r} is not an option; valid choices: {', '.join(KINDS)}")
     return importlib.import_module(KINDS[kind]).benchmark_task(cfg)

@@ -233,6 +233,7 @@ def benchmark_task(cfg) -> list[dict]:
 
 @dataclasses.dataclass
 class KroneckerBenchmarkSchema:
+    yaml: ClassVar[str] = "benchmark/cpu_kronecker"
     closed: ClassVar[bool] = True
     kind: str = "kronecker"
     dims: list[int] = opt([768, 4096], min=1, min_len=1)

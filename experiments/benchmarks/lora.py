@@ -58,13 +58,16 @@ import statistics
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core.config import CONF_DIR, ConfigError, get, int_list, require_choice, require_int, require_number
+from experiments.core.config import CONF_DIR, ConfigError, get, int_list
+from experiments.core.schema import check
+from modules.options import option
 
 MIB = 1024 ** 2
 VARIANTS = {  # name -> (implementation, NF4 base, rank mode); run in this order
@@ -461,20 +464,67 @@ def eval_ranks(b: DictConfig) -> list[int]:
 
 
 # --- the run ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class BenchmarkModelSchema:
+    """``benchmark.model``: the model every variant adapts (conf/benchmark/cpu_tiny.yaml)."""
+    yaml: ClassVar[str] = "benchmark/cpu_tiny:model"
+    closed: ClassVar[bool] = True
+    name_or_path: str = "random:llama"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    gradient_checkpointing: bool = False
+    targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                min_len=1)
+    random_config: Optional[dict] = option({"vocab_size": 260, "hidden_size": 64, "intermediate_size": 128,
+                                            "num_hidden_layers": 2, "num_attention_heads": 4,
+                                            "num_key_value_heads": 2, "max_position_embeddings": 512})
+
+
+@dataclasses.dataclass
+class BenchmarkQuantizationSchema:
+    yaml: ClassVar[str] = "benchmark/cpu_tiny:quantization"
+    closed: ClassVar[bool] = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    double_quant: bool = True
+
+
+@dataclasses.dataclass
+class LoraBenchmarkSchema:
+    """``benchmark`` for ``kind: lora`` (conf/benchmark/cpu_tiny.yaml, where each option is described)."""
+    yaml: ClassVar[str] = "benchmark/cpu_tiny"
+    closed: ClassVar[bool] = True
+    kind: Literal["lora"] = "lora"
+    model: dict = option(dataclasses.asdict(BenchmarkModelSchema()))  # its options: BenchmarkModelSchema
+    build: Literal["saved", "direct"] = "saved"
+    device: str = "cpu"  # cpu | cuda | cuda:<n> (checked in validate)
+    threads: Optional[int] = option(1, min=1)
+    seed: int = option(0, min=0)
+    variants: list[Literal[tuple(VARIANTS)]] = option(["ours_dynamic", "ours_fixed", "peft_lora", "ours_nf4_dynamic", "ours_nf4_fixed", "peft_qlora"],
+                                                    min_len=1)  # type: ignore[valid-type]
+    batch_size: int = option(4, min=1)
+    seq_len: int = option(128, min=1)
+    r_max: int = option(8, min=1)
+    alpha: float = option(16, min=0)
+    dropout: float = option(0.05, min=0, below=1)
+    lr: float = option(2e-4, min=0)
+    warmup: int = option(5, min=1)  # the first step allocates the optimizer states: never timed
+    steps: int = option(40, min=1)
+    interleave: bool = True
+    primer: Literal["all", "base", "none"] = "all"
+    quantization: dict = option(dataclasses.asdict(BenchmarkQuantizationSchema()))  # BenchmarkQuantizationSchema
+    tensor_peak: bool = True
+    eval_ranks: Optional[list[int]] = option(None, min=1, min_len=1)  # null = 1..r_max
+    eval_repeats: int = option(5, min=1)
+    peft_eval: Literal["load", "none"] = "load"
+
+
 def validate(b: DictConfig) -> None:
-    require_choice(b, "build", ("saved", "direct"))
-    require_choice(b, "peft_eval", ("load", "none"))
-    require_choice(b, "primer", ("all", "base", "none"))
-    for key in ("batch_size", "seq_len", "r_max", "steps", "eval_repeats"):
-        require_int(b, key, minimum=1)
-    require_int(b, "warmup", minimum=1)  # the first step allocates the optimizer states: never timed
-    require_number(b, "alpha", minimum=0)
-    require_number(b, "dropout", minimum=0)
-    int_list(b, "eval_ranks", 1, int(b.r_max))
-    names = list(b.variants or [])
-    unknown = [n for n in names if n not in VARIANTS]
-    if not names or unknown:
-        raise ConfigError(f"benchmark.variants={names}: valid choices are {', '.join(VARIANTS)}")
+    """The schemas above (one ``error:`` line naming ``benchmark.<key>``), then what they cannot say alone."""
+    root = OmegaConf.create({"benchmark": b})
+    check(root, "benchmark", LoraBenchmarkSchema)
+    check(root, "benchmark.model", BenchmarkModelSchema)
+    check(root, "benchmark.quantization", BenchmarkQuantizationSchema)
+    int_list(b, "eval_ranks", 1, int(b.r_max))  # each rank within r_max
     device = str(b.device)
     if device.startswith("cuda"):
         import torch

@@ -67,11 +67,12 @@ def load_run(run_dir: Path, dtype: str | None = None):
     (a full fine-tuning run's checkpoint holds every weight of the model)."""
     from omegaconf import OmegaConf
 
+    from experiments.core.config import get
     from experiments.core.runtime import checkpoint_of, read_checkpoint
     from modules.hf_model import load_causal_lm
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    if cfg.get("adapter", {}).get("kind", "none") != "none" or cfg.get("depth", {}).get("exit_heads"):
+    if get(cfg, "adapter.kind") not in (None, "none") or get(cfg, "depth.exit_heads"):
         raise SystemExit(f"error: --run {run_dir}: only full fine-tuning runs (adapter=none, no exit heads) "
                          "are benchmarked")
     random_config = OmegaConf.to_container(cfg.model.random_config) if cfg.model.get("random_config") else None

@@ -115,8 +115,10 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
     return hydra.utils.instantiate(node, **kwargs)
 
 
-def get(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    return OmegaConf.select(cfg, key, default=default)
+def get(cfg: DictConfig, key: str) -> Any:
+    """The value at a dotted ``key`` (None where the config has no such key). No default on purpose: an option's
+    default is its schema's (experiments/core/schema.py ``options``), never a second one at the call site."""
+    return OmegaConf.select(cfg, key)
 
 
 def plain(value: Any) -> Any:

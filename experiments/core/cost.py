@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from experiments.core.config import get
+from experiments.core.schema import TrainerSchema, options
 
 # Rows per split of the sources the full-scale presets name, from their dataset cards (data/fixtures.py cites them).
 SPLIT_ROWS = {
@@ -74,8 +75,8 @@ class Phase:
 
 
 def _devices(cfg: DictConfig) -> int:
-    d = get(cfg, "trainer.devices", 1)
-    return int(d) if isinstance(d, int) and d > 0 else int(get(cfg, "estimate.devices", 1) or 1)
+    d = options(cfg, "trainer", TrainerSchema).devices
+    return d if isinstance(d, int) and d > 0 else int(cfg.estimate.devices)  # -1 (all): the estimate's count
 
 
 def cost_phases(cfg: DictConfig, params: float) -> tuple[list[Phase], list[str]]:
@@ -86,8 +87,8 @@ def cost_phases(cfg: DictConfig, params: float) -> tuple[list[Phase], list[str]]
     source = str(get(cfg, "data.source"))
     splits = dict(get(cfg, "data.splits") or {})
     batch, seq = int(get(cfg, "data.batch_size")), int(get(cfg, "data.max_length"))
-    accumulate = int(get(cfg, "trainer.accumulate_grad_batches", 1) or 1)
-    steps = int(get(cfg, "trainer.max_steps", -1) or -1)
+    trainer = options(cfg, "trainer", TrainerSchema)
+    accumulate, steps = trainer.accumulate_grad_batches, trainer.max_steps
     if steps > 0:
         sequences = steps * accumulate * batch * devices
     else:
@@ -95,8 +96,8 @@ def cost_phases(cfg: DictConfig, params: float) -> tuple[list[Phase], list[str]]
         if rows is None:
             rows = 0
             notes.append(f"training rows of data.source={source} unknown: training not counted")
-        sequences = int(get(cfg, "trainer.max_epochs", 1)) * rows
-    full = get(cfg, "adapter.kind", "none") == "none"
+        sequences = int(trainer.max_epochs) * rows
+    full = get(cfg, "adapter.kind") in (None, "none")  # no adapter group: full fine-tuning
     recompute = bool(get(cfg, "model.gradient_checkpointing"))
     tokens = sequences * seq
     train = Phase("training", f"{sequences:,} sequences x {seq} tokens ({'full' if full else 'adapter'} fine-tuning"
@@ -110,9 +111,9 @@ def cost_phases(cfg: DictConfig, params: float) -> tuple[list[Phase], list[str]]
         if rows is None and limit is None:
             notes.append(f"{split} rows of data.source={source} unknown")
         answers += min(x for x in (rows, limit) if x is not None) if (rows, limit) != (None, None) else 0
-    new_tokens = int(get(cfg, "eval.max_new_tokens", 0) or 0)
+    new_tokens = int(get(cfg, "eval.max_new_tokens") or 0)  # no such key: a paradigm that does not generate
     bytes_per_weight = 0.5 * (1 + 1 / 16) if get(cfg, "quantization.enabled") else 2.0  # NF4 + absmax / bf16
-    eff = decode_efficiency(int(get(cfg, "data.eval_batch_size", batch)), bytes_per_weight, peak, bandwidth, mfu)
+    eff = decode_efficiency(int(get(cfg, "data.eval_batch_size") or batch), bytes_per_weight, peak, bandwidth, mfu)
     phases = [train, Phase("evaluation: generations", f"{grid} sub-models x {answers:,} answers x {new_tokens} new tokens",
                            grid * answers * new_tokens * 2 * params, eff, devices)]
     mc = get(cfg, "data.mc_eval")

@@ -52,6 +52,7 @@ from typing import Any, ClassVar, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.config import CONF_DIR, ConfigError, get, require_int, require_number
+from experiments.core.schema import TrainerSchema, options
 from modules.options import option
 
 GIB = 1024 ** 3
@@ -424,10 +425,10 @@ def check_fits(cfg: DictConfig, force: bool = False) -> Estimate | None:
     fine-tuning is not modelled). Returns the estimate (None when skipped).
     """
     cfg = _estimate_node(cfg)
-    mode = str(get(cfg, "estimate.check", "auto")).lower()
+    mode = str(options(cfg, "estimate", EstimateSchema).check).lower()
     if mode not in ("auto", "true", "false"):
         raise ConfigError(f"estimate.check={mode!r} is not an option; valid choices: auto, true, false")
-    on_gpu = str(get(cfg, "trainer.accelerator", "")).lower() in ("gpu", "cuda")
+    on_gpu = options(cfg, "trainer", TrainerSchema).accelerator in ("gpu", "cuda")
     if not force and (mode == "false" or (mode == "auto" and not on_gpu)):
         return None
     if get(cfg, "adapter.kind") == "none":  # full fine-tuning: not what this estimate models

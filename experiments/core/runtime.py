@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.config import ConfigError, get, instantiate
+from experiments.core.schema import CheckpointSchema, LatencySchema, TrainerSchema, options
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -62,7 +63,7 @@ class RunContext:
     def accept(self) -> None:
         """Is this command accepted for this folder? Reads only (a refused command changes nothing there): the
         same config, and a checkpoint to continue from that reads back (a finished run is not read again)."""
-        if get(self.cfg, "checkpoint.resume", True):
+        if options(self.cfg, "checkpoint", CheckpointSchema).resume:
             check_same_config(self.cfg, self.run_dir)
             if not (self.run_dir / RESULTS).is_file():
                 self.resume_checkpoint()
@@ -80,7 +81,7 @@ class RunContext:
 
     def resume_checkpoint(self) -> Path | None:
         """``last.ckpt`` of this folder when the run continues (and the config is the same), else None."""
-        if not get(self.cfg, "checkpoint.resume", True) or not self.last_checkpoint.is_file():
+        if not options(self.cfg, "checkpoint", CheckpointSchema).resume or not self.last_checkpoint.is_file():
             return None
         check_same_config(self.cfg, self.run_dir)
         read_checkpoint(self.last_checkpoint, "checkpoint.resume",  # readable before training starts from it
@@ -90,7 +91,7 @@ class RunContext:
     def finished_results(self) -> dict[str, Any] | None:
         """The results of a run that already finished in this folder with this config (it is not redone)."""
         path = self.run_dir / RESULTS
-        if not get(self.cfg, "checkpoint.resume", True) or not path.is_file():
+        if not options(self.cfg, "checkpoint", CheckpointSchema).resume or not path.is_file():
             return None
         check_same_config(self.cfg, self.run_dir)
         try:
@@ -191,24 +192,25 @@ def build_trainer(cfg: DictConfig, run_dir: Path, with_callbacks: bool = True, *
         callbacks = [instantiate(c) for c in (get(cfg, "callbacks") or {}).values()]
         if not loggers:  # logger=none: nothing to write learning rates to (Lightning refuses the monitor)
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        every = int(get(cfg, "checkpoint.every_n_steps", 50))
-        callbacks.append(FiniteLoss(every=int(get(cfg, "trainer.log_every_n_steps", 50)), checkpoint_every=every))
+        every = options(cfg, "checkpoint", CheckpointSchema).every_n_steps
+        callbacks.append(FiniteLoss(every=options(cfg, "trainer", TrainerSchema).log_every_n_steps,
+                                    checkpoint_every=every))
         callbacks.append(RunCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR), every_n_train_steps=every))
-    options = {"enable_progress_bar": progress_bar_wanted(cfg), **overrides}
-    if options["enable_progress_bar"]:
+    settings = {"enable_progress_bar": progress_bar_wanted(cfg), **overrides}
+    if settings["enable_progress_bar"]:
         from experiments.core.progress import StepProgressBar
 
         callbacks.append(StepProgressBar())
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
-                       enable_checkpointing=with_callbacks, **options)
+                       enable_checkpointing=with_callbacks, **settings)
 
 
 def latency_device(cfg: DictConfig):
     """Where latencies are measured (``latency.device``): auto = the GPU when training ran on one."""
     import torch
 
-    want = get(cfg, "latency.device", "auto")
+    want = options(cfg, "latency", LatencySchema).device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()
                           and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
         return torch.device("cuda")

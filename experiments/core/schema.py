@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, TypeVar, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from experiments.core.config import ConfigError
 from modules.options import option as opt  # noqa: F401  (the one field helper; adapters use it too)
 
+T = TypeVar("T")
 META_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
@@ -154,6 +155,18 @@ def check(cfg: DictConfig, group: str, schema: type) -> None:
         if unknown:
             raise ConfigError(f"{group}.{unknown[0]} is not an option of {group}; valid options: "
                               f"{', '.join(fields)}")
+
+
+def options(cfg: DictConfig, group: str, schema: type[T]) -> T:
+    """``cfg.<group>`` as a typed ``schema`` object: each option the config sets (resolved), the schema's default
+    for each it leaves out (so that a default lives in the schema only; ``check`` has already run). Keys an open
+    schema does not name are not read here."""
+    node = OmegaConf.select(cfg, group)
+    names = {f.name for f in dataclasses.fields(schema)}
+    given = {} if not isinstance(node, DictConfig) else \
+        {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+         for k, v in node.items() if k in names}
+    return schema(**given)
 
 
 def check_all(cfg: DictConfig, schemas: dict[str, type]) -> None:

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal, Optional
 from omegaconf import DictConfig
 
 from experiments.core.config import ConfigError, get, instantiate, plain
-from experiments.core.schema import opt
+from experiments.core.schema import CheckpointSchema, options, opt
 from experiments.paradigms.base import Paradigm
 
 SOURCE_NAMES = ("digits", "fashion_mnist", "mnist", "svhn", "cifar10", "hf")
@@ -193,14 +193,14 @@ def scoring_classifier(cfg: DictConfig, data):
     """The classifier that scores generated samples, and its accuracy on the real test images."""
     from modules.continual.evaluation import classifier_accuracy
 
-    given = get(cfg, "eval.classifier_checkpoint")
-    epochs = int(get(cfg, "eval.classifier_epochs", 20))
+    ev = options(cfg, "eval", ContinualEvalSchema)
+    given, epochs = ev.classifier_checkpoint, ev.classifier_epochs
     if given:
         model = _load_quietly(given, "eval.classifier_checkpoint")
     else:
         model = _train_cached_classifier(classifier_path(cfg, data, "scorer", cfg.seed, epochs), data, cfg.seed, epochs)
     acc = classifier_accuracy(model, *data.test)
-    minimum = float(get(cfg, "eval.min_classifier_acc", 0.9))
+    minimum = ev.min_classifier_acc
     if acc < minimum:
         raise ConfigError(f"eval.classifier_epochs={epochs}: the scoring classifier reaches {acc:.3f} accuracy on "
                           f"real test images, below eval.min_classifier_acc={minimum}; train it longer")
@@ -210,7 +210,7 @@ def scoring_classifier(cfg: DictConfig, data):
 def phi_classes(cfg: DictConfig, stream, task: int):
     """The classes φ = classifier is trained on for task ``task``: those of tasks 0..task (``phi_data=seen``, the
     default: what the learner has seen so far), or None = every class (``phi_data=all``: leaks future tasks)."""
-    return None if get(cfg, "regularizer.phi_data", "seen") == "all" else tuple(stream.seen_classes(task))
+    return None if options(cfg, "regularizer", RegularizerSchema).phi_data == "all" else tuple(stream.seen_classes(task))
 
 
 def phi_classifier(cfg: DictConfig, data, task: int):
@@ -219,7 +219,7 @@ def phi_classifier(cfg: DictConfig, data, task: int):
     given = get(cfg, "regularizer.phi_checkpoint")
     if given:
         return _load_quietly(given, "regularizer.phi_checkpoint")
-    epochs = int(get(cfg, "eval.classifier_epochs", 20))
+    epochs = options(cfg, "eval", ContinualEvalSchema).classifier_epochs
     classes = phi_classes(cfg, data.stream, task)
     path = classifier_path(cfg, data, "phi", cfg.seed + 1, epochs, classes)
     return _train_cached_classifier(path, data, cfg.seed + 1, epochs, width=16, feature_dim=64, classes=classes)
@@ -313,10 +313,10 @@ class ContinualParadigm(Paradigm):
                 and get(cfg, "generator.kind") == "cvae":
             raise ConfigError("regularizer.phi=critic but generator=cvae has no critic; valid choices here: "
                               "classifier, random")
-        if float(get(cfg, "data.val_fraction", 0.1)) <= 0:
+        if options(cfg, "data", ContinualDataSchema).val_fraction <= 0:
             raise ConfigError(f"data.val_fraction={get(cfg, 'data.val_fraction')}: the validation carve must be > 0 "
                               "(selection reads val/*); valid: 0 < data.val_fraction < 1")
-        if get(cfg, "regularizer.normalize", "none") == "grad":
+        if options(cfg, "regularizer", RegularizerSchema).normalize == "grad":
             ratio = float(get(cfg, "regularizer.grad_ratio"))
             if not ratio > 0 or ratio == float("inf"):
                 raise ConfigError(f"regularizer.grad_ratio={ratio}: valid: a finite number > 0 (the regulariser's "
@@ -342,19 +342,20 @@ class ContinualParadigm(Paradigm):
         from modules.continual.tasks import TaskSplitError
         from modules.continual_module import ContinualGAN
 
-        n_critic = int(get(cfg, "generator.n_critic", 5)) if get(cfg, "generator.kind") == "wgan_gp" else 1
+        generator = options(cfg, "generator", GeneratorSchema)
+        n_critic = generator.n_critic if generator.kind == "wgan_gp" else 1
         data = instantiate(cfg.data, seed=cfg.seed, batches_per_step=n_critic,
                            steps_per_task=int(cfg.continual.steps_per_task))
         try:
             data.setup()
         except (TaskSplitError, FileNotFoundError) as err:
             raise ConfigError(str(err).splitlines()[0]) from None
-        generator = plain(cfg.generator)
         optimizer = {name: instantiate(node) for name, node in cfg.optimizer.items()}
-        module = ContinualGAN(data.image_shape, data.num_classes, data.stream.tasks, kind=generator["kind"],
-                              z_dim=generator.get("z_dim"), width=generator.get("width"), n_critic=n_critic,
-                              gp_weight=generator.get("gp_weight", 10.0), acgan_weight=generator.get("acgan_weight", 1.0),
-                              beta=generator.get("beta", 1.0), regularizer=plain(cfg.regularizer),
+        module = ContinualGAN(data.image_shape, data.num_classes, data.stream.tasks, kind=generator.kind,
+                              z_dim=generator.z_dim, width=generator.width, n_critic=n_critic,
+                              gp_weight=generator.gp_weight, acgan_weight=generator.acgan_weight,
+                              beta=generator.beta,
+                              regularizer=dataclasses.asdict(options(cfg, "regularizer", RegularizerSchema)),
                               replay_batch=int(cfg.continual.replay_batch),
                               replay_critic=bool(cfg.continual.replay_critic),
                               fisher_batches=int(cfg.continual.fisher_batches), seed=int(cfg.seed),
@@ -382,7 +383,7 @@ class ContinualParadigm(Paradigm):
         scorer, scorer_acc = scoring_classifier(cfg, data)
         stream, steps = data.stream, int(cfg.continual.steps_per_task)
         T, n_eval, seed = len(stream), int(cfg.eval.n_per_class), int(cfg.seed)
-        resume = bool(get(cfg, "checkpoint.resume", True))
+        resume = options(cfg, "checkpoint", CheckpointSchema).resume
         state_path, gen_dir = run_dir / STATE, run_dir / "generators"
         state = json.loads(state_path.read_text()) if resume and state_path.is_file() else {"done": 0, "metrics": {}}
         ctx.resume_checkpoint()  # a folder holding a run of another config is refused in one line
@@ -395,7 +396,7 @@ class ContinualParadigm(Paradigm):
             for j in range(t + 1):
                 acc[split][t, j] = metrics[metric_key(f"{split}/acc", SubModel(()), {"after": f"t{t}", "task": f"t{j}"})]
         metrics.update({"test/classifier_acc": scorer_acc, "tasks/total": T, "tasks/done": state["done"],
-                        **data.carve_info(), "regularizer/phi_data": get(cfg, "regularizer.phi_data", "seen")})
+                        **data.carve_info(), "regularizer/phi_data": options(cfg, "regularizer", RegularizerSchema).phi_data})
         trained_here = False
         for t in range(state["done"], T):
             data.set_task(t)
@@ -451,4 +452,4 @@ class ContinualParadigm(Paradigm):
         print("\n".join("  ".join("  -  " if np.isnan(v) else f"{v:.2f} " for v in r) for r in acc))
         print(f"test: average accuracy {final['avg_acc']:.3f}  forgetfulness {final['forgetfulness']:.3f}  "
               f"Fréchet distance {final['frechet']:.2f}  (validation average accuracy {metrics['val/avg_acc']:.3f})")
-        return metrics.get(str(get(cfg, "eval.metric", "val/avg_acc")), metrics["val/avg_acc"])
+        return metrics.get(options(cfg, "eval", ContinualEvalSchema).metric, metrics["val/avg_acc"])

@@ -116,7 +116,7 @@ def validate(cfg: DictConfig) -> None:
     if split not in ("val", "test") or name not in ("loss", *task.metrics):
         raise ConfigError(f"eval.metric={metric!r} is not measured for data.task={task.name}; valid choices: "
                           + ", ".join(f"{s}/{n}" for s in ("test", "val") for n in (*task.metrics, "loss")))
-    device = get(cfg, "latency.device", "auto")
+    device = schema.options(cfg, "latency", LatencySchema).device
     if device == "cuda":
         import torch
 
@@ -194,11 +194,12 @@ def measure_latency_ms(model, batch: dict, warmup: int = 2, repeats: int = 10) -
 def latency_metrics(cfg: DictConfig, module, datamodule) -> dict[str, Any]:
     """``latency/ms`` (adapted, largest sub-model), ``latency/base_ms`` (the base model, no adapter),
     ``latency/relative``: one forward of the same batch (the first ``latency.batch_size`` test rows)."""
-    repeats, warmup = int(get(cfg, "latency.repeats", 10)), int(get(cfg, "latency.warmup", 2))
+    latency = schema.options(cfg, "latency", LatencySchema)
+    repeats, warmup = latency.repeats, latency.warmup
     if repeats <= 0:
         return {}
     datamodule.setup("test")
-    rows = datamodule.test_sets[0][: int(get(cfg, "latency.batch_size", 32))]
+    rows = datamodule.test_sets[0][: latency.batch_size]
     device = latency_device(cfg)
     batch = {k: v.to(device) for k, v in datamodule.collate(rows).items()}
     base, _ = load_model(cfg, datamodule.num_labels)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.config import ConfigError, get, instantiate, require_bool
 from experiments.core import schema
-from experiments.core.schema import opt
+from experiments.core.schema import opt, options
 from experiments.paradigms.base import Paradigm
 
 ANSWER_FNS = {"first_line": "first_answer_line", "gsm8k": "extract_gsm8k_answer"}  # in modules.metrics
@@ -300,7 +300,7 @@ def training_sampler(cfg: DictConfig, axes):
     from modules.submodel import SAMPLERS, FixedSampler, SubModelError, SubModelSpace, UniformSampler
 
     space = SubModelSpace(axes)
-    seed = get(cfg, "seed", 0)
+    seed = int(cfg.seed)
     try:
         sampler = instantiate(cfg.sampling)(space=space, seed=seed) if get(cfg, "sampling") is not None else None
     except (SubModelError, TypeError) as err:
@@ -351,7 +351,7 @@ JUDGE_FILE = "judge.jsonl"              # one line per judged pair: both orders'
 def check_judge(cfg: DictConfig) -> None:
     """``judge``: only a run that judges (``judge.against`` set) needs its judge loadable and the other run's
     generations; both are checked here, before anything loads (a preset may name PandaLM and judge later)."""
-    kind, against = get(cfg, "judge.kind", "none"), get(cfg, "judge.against")
+    kind, against = options(cfg, "judge", JudgeSchema).kind, get(cfg, "judge.against")
     if get(cfg, "judge.calibrate") and kind != "logprob":
         raise ConfigError(f"judge.calibrate=true reads an LM judge's log-odds; judge.kind={kind} has none "
                           "(use judge=pandalm or judge=smollm2_standin)")

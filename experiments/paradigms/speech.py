@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.config import ConfigError, get, plain
-from experiments.core.schema import opt
+from experiments.core.schema import CheckpointSchema, options, opt
 from experiments.paradigms.base import Paradigm
 
 WEIGHTED = -1  # the layer axis of the weighted-sum probe (modules/probe_module.py)
@@ -134,7 +134,7 @@ def probe_layers(cfg: DictConfig, num_layers: int | None) -> list[int]:
 def head_of(cfg: DictConfig) -> str:
     from data.speech_tasks import INTENT_TASKS
 
-    head, task = get(cfg, "probe.head", "auto"), get(cfg, "data.task")
+    head, task = options(cfg, "probe", ProbeSchema).head, get(cfg, "data.task")
     wanted = "intent" if task in INTENT_TASKS else "mean_pool"
     if head == "auto":
         return wanted
@@ -152,7 +152,7 @@ def encode_device(cfg: DictConfig) -> str:
     trainer uses one and it is present)."""
     import torch
 
-    want = get(cfg, "model.device", "auto")
+    want = options(cfg, "model", ModelSchema).device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()
                           and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
         return "cuda"
@@ -163,13 +163,13 @@ def build_datamodule(cfg: DictConfig):
     from data.speech import SpeechDataModule
 
     data = {k: v for k, v in plain(cfg.data).items() if k != "_target_"}
-    corruption = plain(cfg.corruption)
-    return SpeechDataModule(**data, model=str(get(cfg, "model.name_or_path")), dtype=get(cfg, "model.dtype", "float32"),
-                            pad_to_30s=bool(get(cfg, "probe.pad_to_30s", True)), encode_device=encode_device(cfg),
-                            conditions=corruption["conditions"], train_condition=corruption["train_condition"],
-                            corruption_seed=corruption["seed"], noise_dir=corruption.get("noise_dir"),
-                            rir_dir=corruption.get("rir_dir"), babble_talkers=corruption["babble_talkers"],
-                            babble_pool=corruption["babble_pool"], seed=cfg.seed)
+    corruption, model = options(cfg, "corruption", CorruptionSchema), options(cfg, "model", ModelSchema)
+    return SpeechDataModule(**data, model=str(model.name_or_path), dtype=model.dtype,
+                            pad_to_30s=options(cfg, "probe", ProbeSchema).pad_to_30s, encode_device=encode_device(cfg),
+                            conditions=corruption.conditions, train_condition=corruption.train_condition,
+                            corruption_seed=corruption.seed, noise_dir=corruption.noise_dir,
+                            rir_dir=corruption.rir_dir, babble_talkers=corruption.babble_talkers,
+                            babble_pool=corruption.babble_pool, seed=cfg.seed)
 
 
 def _probe_cfg(cfg: DictConfig, tag: str) -> DictConfig:
@@ -381,7 +381,7 @@ class SpeechParadigm(Paradigm):
         cfg, tag = ctx.cfg, layer_tag(layer)
         folder = ctx.run_dir / "probes" / tag
         done = folder / "metrics.json"
-        resume = bool(get(cfg, "checkpoint.resume", True))
+        resume = options(cfg, "checkpoint", CheckpointSchema).resume
         if resume and done.is_file():
             print(f"probe {tag}: finished earlier, kept ({done})")
             return json.loads(done.read_text()), None
@@ -389,8 +389,8 @@ class SpeechParadigm(Paradigm):
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # every probe starts alike, in any order
         module = SpeechProbe(datamodule.num_layers, datamodule.hidden_size, datamodule.num_classes,
                              layer="weighted" if layer == WEIGHTED else layer, head=head_of(cfg),
-                             hidden_dim=int(get(cfg, "probe.hidden_dim", 256)),
-                             layer_norm=bool(get(cfg, "probe.layer_norm", False)),
+                             hidden_dim=options(cfg, "probe", ProbeSchema).hidden_dim,
+                             layer_norm=options(cfg, "probe", ProbeSchema).layer_norm,
                              optimizer=instantiate(cfg.optimizer), scheduler=plain(cfg.scheduler))
         datamodule.set_layer(module.probed_layer)  # a single-layer probe's batches carry its layer only
         trainer = build_trainer(_probe_cfg(cfg, tag), folder)

@@ -29,15 +29,13 @@ from typing import ClassVar, Literal, Optional, Union
 
 from experiments.core.config import ConfigError, get, instantiate, plain, require_int
 from experiments.core.runtime import latency_device
-from experiments.core.schema import LatencySchema, opt
+from experiments.core.schema import ExportSchema, LatencySchema, TrainerSchema, options, opt
 from experiments.paradigms.base import Paradigm
 from experiments.results.pareto import METHODS, method_label
 MODEL_KEYS_NOT_CONFIG = ("name_or_path",)  # model.* keys that are not SortedViTConfig fields
 # Sizes a pretrained checkpoint fixes; model.* may state them so nested.axes is checked before a download.
 CHECKPOINT_SIZES = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
                     "num_attention_heads", "intermediate_size")
-LATENCY_DEVICES = ("auto", "cpu", "cuda")
-INDEPENDENT_INITS = ("random", "slice")  # how an independently trained small model starts
 
 
 # --- reading the config ---------------------------------------------------------------------
@@ -198,17 +196,7 @@ def validate(cfg: DictConfig) -> None:
     if get(cfg, "data.source") not in SOURCES:
         raise ConfigError(f"data.source={get(cfg, 'data.source')!r} is not an option; valid choices: "
                           f"{', '.join(SOURCES)}")
-    for key in ("data.batch_size",):
-        require_int(cfg, key, minimum=1)
-    if get(cfg, "data.eval_batch_size") is not None:
-        require_int(cfg, "data.eval_batch_size", minimum=1)
-    for key, minimum in (("latency.batch_size", 1), ("latency.warmup", 0), ("latency.repeats", 0)):
-        if get(cfg, key) is not None:
-            require_int(cfg, key, minimum=minimum)
-    device = get(cfg, "latency.device", "auto")
-    if device not in LATENCY_DEVICES:
-        raise ConfigError(f"latency.device={device!r} is not an option; valid choices: {', '.join(LATENCY_DEVICES)}")
-    if device == "cuda":
+    if options(cfg, "latency", LatencySchema).device == "cuda":  # its type and range: the schemas, checked before
         import torch
 
         if not torch.cuda.is_available():
@@ -218,10 +206,6 @@ def validate(cfg: DictConfig) -> None:
     if vit_cfg is not None and shape is not None and get(cfg, "model.name_or_path"):
         check_image_shape(vit_cfg, shape)
     method = method_of(cfg)
-    init = get(cfg, "nested.independent_init", "random")
-    if init not in INDEPENDENT_INITS:
-        raise ConfigError(f"nested.independent_init={init!r} is not an option; valid choices: "
-                          f"{', '.join(INDEPENDENT_INITS)}")
     axes = axes_of(cfg, vit_cfg)
     if vit_cfg is None:  # a hub checkpoint whose sizes model.* does not state: checked once loaded
         return
@@ -293,7 +277,7 @@ def build(cfg: DictConfig):
         grid = eval_grid_of(cfg, model.config, axes)
     else:  # a separate small ViT shaped like the sub-network, evaluated under the sub-network's key
         small = build_independent(model.config, method)
-        if get(cfg, "nested.independent_init", "random") == "slice":
+        if options(cfg, "nested", NestedSchema).independent_init == "slice":
             copy_slices(model, small, method)  # start from the (pretrained) weights of that slice
         model = small
         axes = {axis: [value] for axis, value in method.dims}
@@ -334,8 +318,9 @@ def cost_metrics(cfg: DictConfig, model, grid) -> dict[str, float]:
     from modules.sorted_vit import count_flops, count_params
     from modules.submodel import metric_key
 
-    device = latency_device(cfg)
-    autocast = torch.bfloat16 if device.type == "cuda" and "bf16" in str(get(cfg, "trainer.precision", "")) else None
+    device, latency = latency_device(cfg), options(cfg, "latency", LatencySchema)
+    precision = str(options(cfg, "trainer", TrainerSchema).precision)
+    autocast = torch.bfloat16 if device.type == "cuda" and "bf16" in precision else None
     was_training, old_device = model.training, next(model.parameters()).device
     model.eval().to(device)
     out: dict[str, float] = {}
@@ -345,10 +330,9 @@ def cost_metrics(cfg: DictConfig, model, grid) -> dict[str, float]:
             out[metric_key("macs", sub)] = count_flops(model, sub)
             # the sliced weights as stored (task=select's memory budget)
             out[metric_key("memory_mb", sub)] = out[metric_key("params", sub)] * next(model.parameters()).element_size() / 2**20
-            if get(cfg, "latency.repeats", 20) > 0:
+            if latency.repeats > 0:
                 out[metric_key("latency_ms", sub)] = measure_latency_ms(
-                    model, sub, get(cfg, "latency.batch_size", 1), get(cfg, "latency.warmup", 3),
-                    get(cfg, "latency.repeats", 20), device, autocast)
+                    model, sub, latency.batch_size, latency.warmup, latency.repeats, device, autocast)
     finally:
         model.to(old_device).train(was_training)
     return out
@@ -398,7 +382,7 @@ def export_submodels(cfg: DictConfig, model, metrics: Mapping[str, Any], grid, r
             sub = SubModel.parse(str(choice))
         if sub is None:
             continue
-        folder = run_dir / get(cfg, "export.dir", "exports") / (sub.key.replace("=", "_").replace(",", "_") or "full")
+        folder = run_dir / options(cfg, "export", ExportSchema).dir / (sub.key.replace("=", "_").replace(",", "_") or "full")
         export_one(model, sub, folder)
         if folder not in out:
             out.append(folder)

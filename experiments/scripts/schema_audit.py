@@ -1,5 +1,6 @@
 """Where option defaults still live outside the yaml: for every preset, the schema fields its composed config
-does not set (the code then falls back to an inline ``get(cfg, key, default)`` or the library's default), and
+does not set (the code then reads the schema's default through ``schema.options``, or a built object keeps its
+class's own default: a sampler's constructor, a library's argument), and
 the fields whose composed value differs from the schema's declared default.
 
     python experiments/scripts/schema_audit.py            # one line per (group, schema, field), with the papers
