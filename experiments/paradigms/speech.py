@@ -387,10 +387,10 @@ class SpeechParadigm(Paradigm):
             return json.loads(done.read_text()), None
         folder.mkdir(parents=True, exist_ok=True)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # every probe starts alike, in any order
+        probe = options(cfg, "probe", ProbeSchema)
         module = SpeechProbe(datamodule.num_layers, datamodule.hidden_size, datamodule.num_classes,
                              layer="weighted" if layer == WEIGHTED else layer, head=head_of(cfg),
-                             hidden_dim=options(cfg, "probe", ProbeSchema).hidden_dim,
-                             layer_norm=options(cfg, "probe", ProbeSchema).layer_norm,
+                             hidden_dim=probe.hidden_dim, layer_norm=probe.layer_norm,
                              optimizer=instantiate(cfg.optimizer), scheduler=plain(cfg.scheduler))
         datamodule.set_layer(module.probed_layer)  # a single-layer probe's batches carry its layer only
         trainer = build_trainer(_probe_cfg(cfg, tag), folder)
