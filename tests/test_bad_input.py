@@ -2,9 +2,10 @@
 
 For each field of each schema (the core groups and each paradigm's ``schemas(cfg)``, composed from a preset of
 that paradigm) a bad value is fed to ``validate(cfg, machine=False)``: NaN, inf, a string where a number is
-expected, -1 where the field has ``min >= 0``, a number where a list is expected, an empty list and a list of the
-wrong length. Each must raise ``ConfigError`` whose message names the key, unless ACCEPTED says why not. Each
-preset is composed once; a case changes one key of a copy (hundreds of cases, no subprocess per case).
+expected, -1 where the field has ``min >= 0``, 0 where it must be strictly positive (``above=0``), a number
+where a list is expected, an empty list and a list of the wrong length. Each must raise ``ConfigError`` whose
+message names the key, unless ACCEPTED says why not. Each preset is composed once; a case changes one key of a
+copy (hundreds of cases, no subprocess per case).
 """
 from __future__ import annotations
 
@@ -70,16 +71,20 @@ def bad_values(tp, meta) -> dict[str, object]:
         out.update(nan=float("nan"), inf=float("inf"))
         if not _admits(tp, "abc"):
             out["string"] = "abc"
-        if meta.get("min") is not None and meta["min"] >= 0:
+        if meta.get("min") is not None and meta["min"] >= 0 or meta.get("above") is not None and meta["above"] >= 0:
             out["negative"] = -1
+        if meta.get("above") == 0:
+            out["zero"] = 0
     if _admits(tp, []) or _admits(tp, ["x"]) or _admits(tp, [1]):  # a list field
         if not _admits(tp, 3):
             out["number"] = 3
         out["empty"] = []
         if meta.get("length") is not None:
             out["length"] = [1] * (meta["length"] + 1)
-        if meta.get("min") is not None and meta["min"] >= 0:
+        if meta.get("min") is not None and meta["min"] >= 0 or meta.get("above") is not None and meta["above"] >= 0:
             out["negative_item"] = [-1] * (meta.get("length") or 1)
+        if meta.get("above") == 0:
+            out["zero_item"] = [0] * (meta.get("length") or 1)
     return out
 
 

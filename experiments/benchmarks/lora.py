@@ -504,7 +504,7 @@ class LoraBenchmarkSchema:
     batch_size: int = option(4, min=1)
     seq_len: int = option(128, min=1)
     r_max: int = option(8, min=1)
-    alpha: float = option(16, min=0)
+    alpha: float = option(16, above=0)
     dropout: float = option(0.05, min=0, below=1)
     lr: float = option(2e-4, min=0)
     warmup: int = option(5, min=1)  # the first step allocates the optimizer states: never timed

@@ -2,7 +2,7 @@
 
 A schema is a dataclass whose fields are the group's options: the annotation is the type (``int``,
 ``float``, ``bool``, ``str``, ``Optional[...]``, ``list[int]``, ``Literal[...]`` choices, ``Any``) and
-``opt(min=, max=, below=)`` gives the range (of every element, for a list); ``opt(length=)`` or
+``opt(min=, max=, above=, below=)`` gives the range (of every element, for a list); ``opt(length=)`` or
 ``opt(min_len=)`` the length of a list (``min_len=1``: not empty). A ``closed`` schema also rejects keys it does not know (a
 typo in ``adapter.dropuot`` is an error, not a silently ignored option); an open one (``trainer``: any
 Lightning Trainer argument) checks only the options it names. ``check(cfg, "adapter", LoraSchema)``
@@ -47,7 +47,7 @@ def _describe(tp: Any, plural: bool = False) -> str:
 
 def _bounds(meta: dict) -> str:
     """The range of a field (of each element of a list) as an error says it: ``>= 0 and < 1``."""
-    parts = [f"{op} {meta[k]}" for k, op in (("min", ">="), ("max", "<="), ("below", "<")) if meta.get(k) is not None]
+    parts = [f"{op} {meta[k]}" for k, op in (("min", ">="), ("above", ">"), ("max", "<="), ("below", "<")) if meta.get(k) is not None]
     return " and ".join(parts)
 
 
@@ -102,8 +102,9 @@ def _check_range(key: str, value: Any, meta: dict) -> None:
         return
     if not math.isfinite(value):  # nan / inf are never a setting (a diverged run would follow)
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
-    if lo is not None and value < lo or hi is not None and value > hi or below is not None and value >= below:
+    lo, hi, above, below = meta.get("min"), meta.get("max"), meta.get("above"), meta.get("below")
+    if (lo is not None and value < lo or hi is not None and value > hi
+            or above is not None and value <= above or below is not None and value >= below):
         raise ConfigError(f"{key} must be {_bounds(meta)}, got {value!r}")
 
 
@@ -189,7 +190,7 @@ class TrainerSchema:
     max_epochs: Optional[int] = opt(-1, min=-1)
     accumulate_grad_batches: int = opt(1, min=1)
     gradient_clip_val: Optional[float] = opt(1.0, min=0)
-    val_check_interval: Optional[float] = opt(None, min=0)
+    val_check_interval: Optional[float] = opt(None, above=0)
     check_val_every_n_epoch: Optional[int] = opt(1, min=1)
     num_sanity_val_steps: int = opt(0, min=-1)
     log_every_n_steps: int = opt(5, min=1)
@@ -203,9 +204,9 @@ class TrainerSchema:
 @dataclasses.dataclass
 class OptimizerSchema:
     closed: ClassVar[bool] = False  # optimizers differ in their arguments; the common ones are checked
-    lr: float = opt(1e-3, min=0)
+    lr: float = opt(1e-3, above=0)
     weight_decay: float = opt(0.0, min=0)
-    eps: float = opt(1e-8, min=0)
+    eps: float = opt(1e-8, above=0)
     betas: list[float] = opt([0.9, 0.999], length=2, min=0, below=1)  # Adam's (beta1, beta2)
     momentum: float = opt(0.0, min=0)
 

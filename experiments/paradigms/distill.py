@@ -60,7 +60,7 @@ class DistillSchema:
     hidden_weight: float = opt(1.0, min=0)
     attention_weight: float = opt(1.0, min=0)
     embedding_weight: float = opt(1.0, min=0)
-    temperature: float = opt(2.0, min=1e-6)
+    temperature: float = opt(2.0, above=0)
     attention_loss: Literal["mse_scores", "kl_probs"] = "mse_scores"
     normalize: bool = False
     layer_map: Optional[list[int]] = opt(None, min=0, min_len=1)  # against the block counts: check_layer_map

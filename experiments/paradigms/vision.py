@@ -453,7 +453,7 @@ class ModelSchema:
     intermediate_size: Optional[int] = opt(128, min=1)
     num_labels: Optional[int] = opt(None, min=1)
     hidden_act: str = "gelu"
-    layer_norm_eps: float = opt(1e-12, min=0)
+    layer_norm_eps: float = opt(1e-12, above=0)
     qkv_bias: bool = True
     hidden_dropout_prob: float = opt(0.0, min=0, below=1)
     attention_probs_dropout_prob: float = opt(0.0, min=0, below=1)
@@ -477,7 +477,7 @@ class DataSchema:
     image_size: Optional[int] = opt(None, min=1)
     normalize: bool = True
     mean: Optional[list[float]] = opt(None, min_len=1)  # per channel (null = the training split's)
-    std: Optional[list[float]] = opt(None, min=0, min_len=1)
+    std: Optional[list[float]] = opt(None, above=0, min_len=1)
     batch_size: int = opt(128, min=1)
     eval_batch_size: Optional[int] = opt(512, min=1)
     num_workers: int = opt(0, min=0)

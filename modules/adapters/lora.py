@@ -53,7 +53,7 @@ class NestedLoRAOptions:
     kind: str = "nested_lora"
     r_max: int = option(8, min=1)             # largest rank (the rank of a fixed-rank LoRA)
     r_min: int = option(1, min=1)             # smallest rank trained
-    alpha: float = option(16.0, min=0)
+    alpha: float = option(16.0, above=0)
     dropout: float = option(0.05, min=0, below=1)
     scale: Literal["alpha/b", "alpha/r_max", "alpha/sqrt(b)"] = "alpha/sqrt(b)"
     frozen_prefix: bool = False
@@ -69,7 +69,7 @@ class PeftLoRAOptions:
     closed: ClassVar[bool] = True
     kind: str = "peft_lora"
     r_max: int = option(8, min=1)
-    alpha: float = option(16.0, min=0)
+    alpha: float = option(16.0, above=0)
     dropout: float = option(0.05, min=0, below=1)
     target_modules: Union[list[str], str] = option("all-linear", min_len=1)
     eval_ranks: Any = None
