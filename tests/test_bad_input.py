@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.core import schema
 from experiments.core.config import ConfigError
-from experiments.core.tasks import validate
+from experiments.core.tasks import task_schemas, validate
 from experiments.paradigms import get_paradigm
 from tests.conftest import ROOT, run
 
@@ -47,13 +47,12 @@ def schemas_of(cfg: DictConfig) -> dict[str, type]:
     if isinstance(optimizer, DictConfig) and all(isinstance(v, DictConfig) for v in optimizer.values()):
         del groups["optimizer"]
         groups.update({f"optimizer.{name}": schema.OptimizerSchema for name in optimizer})
-    return {**groups, **get_paradigm(cfg.paradigm).schemas(cfg)}  # a paradigm's own replaces the core one
+    return {**groups, **task_schemas(), **get_paradigm(cfg.paradigm).schemas(cfg)}  # a paradigm's own replaces the core one
 
 
 # Groups with no schema of their own in validate, and why.
 UNCHECKED = {"hydra": "Hydra's own", "logger": "named factories (schema.FACTORY_GROUPS: each needs a _target_)",
-             "callbacks": "named factories, as logger", "report": "task=report's options (ReportSchema, checked there)",
-             "select": "task=select's options (SelectSchema, checked there)",
+             "callbacks": "named factories, as logger",
              "benchmark": "task=benchmark's options (checked there: experiments/benchmarks/)"}
 # Schemas that take keys they do not name, and why.
 OPEN = {"": "the root holds every group", "trainer": "any Lightning Trainer argument (checked against its signature)",

@@ -19,6 +19,20 @@ STANDALONE = {"report": "experiments.results.report:report_task",
               "benchmark": "experiments.benchmarks:benchmark_task",
               "select": "experiments.results.select:select_task"}
 TASKS = ("train", "eval", *STANDALONE)
+# The options of standalone tasks that a training config carries too (report.* is read at the end of a multirun):
+# checked on every task, so that a typo there (+report.metirc=x) fails before training, not after it.
+TASK_SCHEMAS = {"report": "experiments.results.report:ReportSchema",
+                "select": "experiments.results.select:SelectSchema"}
+
+
+def resolve(path: str) -> Any:
+    """``"module:name"`` → the object (the core names the layers above it by string, never by import)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def task_schemas() -> dict[str, type]:
+    return {group: resolve(path) for group, path in TASK_SCHEMAS.items()}
 
 
 def run_task(cfg: DictConfig) -> Any:
@@ -28,9 +42,8 @@ def run_task(cfg: DictConfig) -> Any:
     task = require_choice(cfg, "task", TASKS)
     check_targets(cfg)  # at every depth, before anything is built
     if task in STANDALONE:
-        module, _, function = STANDALONE[task].partition(":")
         with RunContext.from_hydra(cfg).owned():
-            return getattr(importlib.import_module(module), function)(cfg)
+            return resolve(STANDALONE[task])(cfg)
     from experiments.rehearsal import mark_run, rehearse
 
     cfg = rehearse(cfg)  # rehearsal=tiny: the preset shrunk onto a CPU (docs/rehearsal.md); else unchanged
@@ -65,7 +78,7 @@ def validate(cfg: DictConfig, task: str = "train", machine: bool = True):
     paradigm = paradigms.get_paradigm(require_choice(cfg, "paradigm", tuple(paradigms.names())))
     own = paradigm.schemas(cfg)
     check_core(cfg, replaced=tuple(own))
-    check_all(cfg, own)
+    check_all(cfg, {**task_schemas(), **own})
     if get(cfg, "init_from"):
         from experiments.core.runtime import checkpoint_of
 
