@@ -122,7 +122,7 @@ def test_a_sweep_with_a_diverging_and_a_bad_job_finishes_the_good_one_and_marks_
                 f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}"], env, timeout=600)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "error: training diverged at step" in proc.stderr and "(last finite loss " in proc.stderr, proc.stderr[-3000:]
-    assert "error: optimizer.lr must be >= 0" in proc.stderr
+    assert "error: optimizer.lr must be > 0" in proc.stderr
     jobs = load_jobs(tmp_path)
     assert [j["dir"].name for j in jobs] == ["0"]
     failed = {j["dir"].name: j for j in jobs.incomplete}
