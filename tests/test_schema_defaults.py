@@ -4,6 +4,7 @@ equals that file's value (an interpolation such as ``${data.batch_size}`` is der
 points), every key of the file is a field, and every field is in it, or in the file named for it in
 ``elsewhere`` (an option only some choices have: a hub dataset's columns, a random model's architecture), or
 ``written`` (filled in by the run). A schema that cannot name one file says why in NO_FILE."""
+import ast
 import dataclasses
 
 import pytest
@@ -93,7 +94,6 @@ def test_a_schemas_defaults_are_its_yaml_files_values(name):
 
 def _calls_with_a_default(path):
     """(line, call) of every ``get(cfg, key, default)`` and ``cfg....get("key", default)`` in a source file."""
-    import ast
 
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -129,3 +129,20 @@ def test_options_fill_what_a_config_leaves_out_from_the_schema():
     assert (got.repeats, got.device) == (7, "cpu")  # set (and resolved)
     assert (got.batch_size, got.warmup) == (LatencySchema.batch_size, LatencySchema.warmup) == (1, 3)  # the schema's
     assert options(OmegaConf.create({}), "latency", LatencySchema) == LatencySchema()  # no group: every default
+
+
+# Dotted string reads a paradigm keeps, and why (every other option is read as a typed schema object).
+STRING_READS = {("lm.py", "adapter.kind"): "the key that chooses the adapter group's schema"}
+
+
+def test_paradigms_read_group_options_as_typed_objects():
+    """In experiments/paradigms/, ``get(cfg, "<group>.<key>")`` is how an option was once read as a bare string; a
+    paradigm now reads ``options(cfg, group, Schema).key`` (type, range and default from the schema)."""
+    offending = []
+    for path in sorted((ROOT / "experiments" / "paradigms").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "get" \
+                    and len(node.args) == 2 and isinstance(node.args[1], ast.Constant) \
+                    and "." in str(node.args[1].value) and (path.name, node.args[1].value) not in STRING_READS:
+                offending.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert not offending, "string reads of group options:\n" + "\n".join(offending)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from experiments.core.config import RunError, get
 from experiments.core.runtime import RunContext, apply_init_from, checkpoint_of, load_trained_weights
+from experiments.core.schema import EvalSchema, options
 
 
 class Paradigm:
@@ -142,7 +143,7 @@ class Paradigm:
         """``task=eval``: rebuild from config, load a train run's checkpoint, evaluate and finish."""
         import lightning.pytorch as pl
 
-        path = checkpoint_of(get(ctx.cfg, "eval.ckpt_path") or "", "eval.ckpt_path")
+        path = checkpoint_of(options(ctx.cfg, "eval", EvalSchema).ckpt_path or "", "eval.ckpt_path")
         pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
         module, datamodule = self.build(ctx.cfg)
         apply_init_from(ctx, module)  # a later stage's checkpoint holds only what that stage trained

@@ -120,11 +120,11 @@ def task_split(cfg: DictConfig) -> list[tuple[int, ...]]:
     """The validated split from config alone (no data): ``data.split`` or ``data.classes_per_task``."""
     from modules.continual.tasks import TaskSplitError, even_split, validate_split
 
-    num_classes = int(get(cfg, "data.num_classes"))
-    split = plain(get(cfg, "data.split"))
+    data = options(cfg, "data", ContinualDataSchema)
+    num_classes, split = int(data.num_classes), data.split
     try:
         if split is None:
-            per_task = get(cfg, "data.classes_per_task")
+            per_task = data.classes_per_task
             if per_task is None:
                 raise TaskSplitError("data.split is not set: give a split or data.classes_per_task")
             split = even_split(num_classes, int(per_task))
@@ -216,7 +216,7 @@ def phi_classes(cfg: DictConfig, stream, task: int):
 def phi_classifier(cfg: DictConfig, data, task: int):
     """φ = a second classifier (other seed, narrower), so the regulariser never sees the scorer itself; trained
     on the real training images of ``phi_classes(cfg, data.stream, task)``."""
-    given = get(cfg, "regularizer.phi_checkpoint")
+    given = options(cfg, "regularizer", RegularizerSchema).phi_checkpoint
     if given:
         return _load_quietly(given, "regularizer.phi_checkpoint")
     epochs = options(cfg, "eval", ContinualEvalSchema).classifier_epochs
@@ -226,7 +226,8 @@ def phi_classifier(cfg: DictConfig, data, task: int):
 
 
 def uses_phi_classifier(cfg: DictConfig) -> bool:
-    return get(cfg, "regularizer.name") in ("feature", "combined") and get(cfg, "regularizer.phi") == "classifier"
+    reg = options(cfg, "regularizer", RegularizerSchema)
+    return reg.name in ("feature", "combined") and reg.phi == "classifier"
 
 
 def save_tensor_file(obj: Any, path: Path) -> None:
@@ -295,44 +296,47 @@ class ContinualParadigm(Paradigm):
         from data.continual_sources import FASHION_MNIST_DIR, FASHION_MNIST_FILES, SOURCES
 
         task_split(cfg)
-        source = get(cfg, "data.source")
+        data = options(cfg, "data", ContinualDataSchema)
+        reg = options(cfg, "regularizer", RegularizerSchema)
+        generator = options(cfg, "generator", GeneratorSchema)
+        source = data.source
         info = SOURCES[source]
-        if info.num_classes is not None and info.num_classes != int(get(cfg, "data.num_classes")):
-            raise ConfigError(f"data.num_classes={get(cfg, 'data.num_classes')} does not match data.source={source} "
+        if info.num_classes is not None and info.num_classes != int(data.num_classes):
+            raise ConfigError(f"data.num_classes={data.num_classes} does not match data.source={source} "
                               f"({info.num_classes} classes)")
         if source == "fashion_mnist":
-            folder = Path(str(get(cfg, "data.data_dir") or FASHION_MNIST_DIR))
+            folder = Path(str(data.data_dir or FASHION_MNIST_DIR))
             missing = [n for n in FASHION_MNIST_FILES if not (folder / n).is_file()]
             if missing:
                 raise ConfigError(f"data.data_dir={str(folder)!r} lacks the Fashion-MNIST file {missing[0]}: "
                                   "install it with `apt-get install dataset-fashion-mnist` or point data.data_dir at it")
-        if source == "hf" and not get(cfg, "data.hf_id"):
+        if source == "hf" and not data.hf_id:
             raise ConfigError("data.source=hf needs data.hf_id (an HF dataset id)")
-        reg = get(cfg, "regularizer.name")
-        if reg in ("feature", "combined") and get(cfg, "regularizer.phi") == "critic" \
-                and get(cfg, "generator.kind") == "cvae":
+        if reg.name in ("feature", "combined") and reg.phi == "critic" and generator.kind == "cvae":
             raise ConfigError("regularizer.phi=critic but generator=cvae has no critic; valid choices here: "
                               "classifier, random")
-        if options(cfg, "data", ContinualDataSchema).val_fraction <= 0:
-            raise ConfigError(f"data.val_fraction={get(cfg, 'data.val_fraction')}: the validation carve must be > 0 "
+        if data.val_fraction <= 0:
+            raise ConfigError(f"data.val_fraction={data.val_fraction}: the validation carve must be > 0 "
                               "(selection reads val/*); valid: 0 < data.val_fraction < 1")
-        if options(cfg, "regularizer", RegularizerSchema).normalize == "grad":
-            ratio = float(get(cfg, "regularizer.grad_ratio"))
+        if reg.normalize == "grad":
+            ratio = float(reg.grad_ratio)
             if not ratio > 0 or ratio == float("inf"):
                 raise ConfigError(f"regularizer.grad_ratio={ratio}: valid: a finite number > 0 (the regulariser's "
                                   "gradient norm as a multiple of the GAN loss's)")
-            if get(cfg, "generator.kind") != "wgan_gp":
+            if generator.kind != "wgan_gp":
                 raise ConfigError("regularizer.normalize=grad is implemented for generator=wgan_gp only; valid "
                                   "choices with generator=cvae: none")
-        for key in ("regularizer.phi_checkpoint", "eval.classifier_checkpoint"):
-            if get(cfg, key) and not Path(str(get(cfg, key))).expanduser().is_file():
-                raise ConfigError(f"{key}={get(cfg, key)!r}: no such file (a classifier written by "
+        given = {"regularizer.phi_checkpoint": reg.phi_checkpoint,
+                 "eval.classifier_checkpoint": options(cfg, "eval", ContinualEvalSchema).classifier_checkpoint}
+        for key, path in given.items():
+            if path and not Path(str(path)).expanduser().is_file():
+                raise ConfigError(f"{key}={path!r}: no such file (a classifier written by "
                                   "modules/continual/evaluation.py: save_classifier)")
-        need = ("generator", "critic") if get(cfg, "generator.kind") == "wgan_gp" else ("generator",)
+        need = ("generator", "critic") if generator.kind == "wgan_gp" else ("generator",)
         optimizer = get(cfg, "optimizer")
         if not isinstance(optimizer, DictConfig) or "_target_" in optimizer or any(
                 not isinstance(optimizer.get(n), DictConfig) or "_target_" not in optimizer[n] for n in need):
-            raise ConfigError(f"optimizer: generator.kind={get(cfg, 'generator.kind')} needs the named optimizers "
+            raise ConfigError(f"optimizer: generator.kind={generator.kind} needs the named optimizers "
                               f"{', '.join(need)} (each a factory, e.g. optimizer=gan_adam)")
         if get(cfg, "task") == "eval":
             raise ConfigError("task=eval is not an option of paradigm=continual (a train run evaluates after every "
@@ -343,9 +347,10 @@ class ContinualParadigm(Paradigm):
         from modules.continual_module import ContinualGAN
 
         generator = options(cfg, "generator", GeneratorSchema)
+        continual = options(cfg, "continual", ContinualSchema)
         n_critic = generator.n_critic if generator.kind == "wgan_gp" else 1
         data = instantiate(cfg.data, seed=cfg.seed, batches_per_step=n_critic,
-                           steps_per_task=int(cfg.continual.steps_per_task))
+                           steps_per_task=int(continual.steps_per_task))
         try:
             data.setup()
         except (TaskSplitError, FileNotFoundError) as err:
@@ -356,9 +361,9 @@ class ContinualParadigm(Paradigm):
                               gp_weight=generator.gp_weight, acgan_weight=generator.acgan_weight,
                               beta=generator.beta,
                               regularizer=dataclasses.asdict(options(cfg, "regularizer", RegularizerSchema)),
-                              replay_batch=int(cfg.continual.replay_batch),
-                              replay_critic=bool(cfg.continual.replay_critic),
-                              fisher_batches=int(cfg.continual.fisher_batches), seed=int(cfg.seed),
+                              replay_batch=int(continual.replay_batch),
+                              replay_critic=bool(continual.replay_critic),
+                              fisher_batches=int(continual.fisher_batches), seed=int(cfg.seed),
                               optimizer=optimizer, scheduler=plain(cfg.scheduler))
         return module, data
 
@@ -381,8 +386,9 @@ class ContinualParadigm(Paradigm):
         cfg, run_dir = ctx.cfg, ctx.run_dir
         module, data = self.prepare(ctx)
         scorer, scorer_acc = scoring_classifier(cfg, data)
-        stream, steps = data.stream, int(cfg.continual.steps_per_task)
-        T, n_eval, seed = len(stream), int(cfg.eval.n_per_class), int(cfg.seed)
+        ev, reg = options(cfg, "eval", ContinualEvalSchema), options(cfg, "regularizer", RegularizerSchema)
+        stream, steps = data.stream, int(options(cfg, "continual", ContinualSchema).steps_per_task)
+        T, n_eval, seed = len(stream), int(ev.n_per_class), int(cfg.seed)
         resume = options(cfg, "checkpoint", CheckpointSchema).resume
         state_path, gen_dir = run_dir / STATE, run_dir / "generators"
         state = json.loads(state_path.read_text()) if resume and state_path.is_file() else {"done": 0, "metrics": {}}
@@ -396,7 +402,7 @@ class ContinualParadigm(Paradigm):
             for j in range(t + 1):
                 acc[split][t, j] = metrics[metric_key(f"{split}/acc", SubModel(()), {"after": f"t{t}", "task": f"t{j}"})]
         metrics.update({"test/classifier_acc": scorer_acc, "tasks/total": T, "tasks/done": state["done"],
-                        **data.carve_info(), "regularizer/phi_data": options(cfg, "regularizer", RegularizerSchema).phi_data})
+                        **data.carve_info(), "regularizer/phi_data": reg.phi_data})
         trained_here = False
         for t in range(state["done"], T):
             data.set_task(t)
@@ -429,8 +435,8 @@ class ContinualParadigm(Paradigm):
                     G, scorer, *getattr(data, split), classes=seen, n_per_class=n_eval, seed=noise + 1)
             row = acc["test"][t, : t + 1]
             metrics["tasks/done"] = t + 1
-            sample_grid(G, seen, int(cfg.eval.samples_per_class), seed, run_dir / "samples" / f"after_t{t}.png",
-                        f"after task t{t} ({cfg.regularizer.name})")
+            sample_grid(G, seen, int(ev.samples_per_class), seed, run_dir / "samples" / f"after_t{t}.png",
+                        f"after task t{t} ({reg.name})")
             write_json(state_path, {"done": t + 1, "metrics": metrics})  # results.json only when every task is done
             print(f"after task t{t}: " + "  ".join(f"t{j} {v:.3f}" for j, v in enumerate(row))
                   + f"  | avg {metrics[metric_key('test/avg_acc', SubModel(()), after)]:.3f}"
@@ -452,4 +458,4 @@ class ContinualParadigm(Paradigm):
         print("\n".join("  ".join("  -  " if np.isnan(v) else f"{v:.2f} " for v in r) for r in acc))
         print(f"test: average accuracy {final['avg_acc']:.3f}  forgetfulness {final['forgetfulness']:.3f}  "
               f"Fréchet distance {final['frechet']:.2f}  (validation average accuracy {metrics['val/avg_acc']:.3f})")
-        return metrics.get(options(cfg, "eval", ContinualEvalSchema).metric, metrics["val/avg_acc"])
+        return metrics.get(ev.metric, metrics["val/avg_acc"])

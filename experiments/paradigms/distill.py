@@ -23,10 +23,11 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core.config import ConfigError, get, instantiate
-from experiments.core.schema import opt
+from experiments.core.config import ConfigError, instantiate
+from experiments.core.schema import TrainerSchema, opt, options
 from experiments.paradigms import glue
-from experiments.paradigms.lm import LMParadigm, architecture_config, build_lm, eval_grid, training_sampler
+from experiments.paradigms.lm import (LMParadigm, ModelSchema, QuantizationSchema, adapter_of, architecture_config,
+                                      build_lm, eval_grid, training_sampler)
 
 
 @dataclasses.dataclass
@@ -88,14 +89,21 @@ class TextDataSchema:
 
 # --- config -> pieces ------------------------------------------------------------------------------
 def compression_options(cfg: DictConfig) -> dict[str, Any]:
-    options = OmegaConf.to_container(cfg.compression, resolve=True)
-    return {k: v for k, v in options.items() if not (k == "fused" and v is None)}
+    group = OmegaConf.to_container(cfg.compression, resolve=True)
+    return {k: v for k, v in group.items() if not (k == "fused" and v is None)}
+
+
+def model_options(cfg: DictConfig) -> ModelSchema:
+    """The model group as the checks both distill paradigms share read it (``name_or_path``, ``random_config``):
+    through the LM's schema, also for distill_glue (the GLUE schema has both fields; random_config's default is
+    null in both, and every model preset sets name_or_path)."""
+    return options(cfg, "model", ModelSchema)
 
 
 def ilkd_weights(cfg: DictConfig):
     from modules.ilkd import ILKDWeights
 
-    d = cfg.distill
+    d = options(cfg, "distill", DistillSchema)
     return ILKDWeights(task=d.task_weight, logits=d.logit_weight, hidden=d.hidden_weight,
                        attention=d.attention_weight, embedding=d.embedding_weight, temperature=d.temperature,
                        attention_loss=d.attention_loss, normalize=bool(d.normalize))
@@ -103,36 +111,33 @@ def ilkd_weights(cfg: DictConfig):
 
 def teacher_spec(cfg: DictConfig) -> tuple[str, dict | None, str]:
     """(name_or_path, random config, the key it came from) of the teacher."""
-    name = get(cfg, "distill.teacher")
-    if name:
-        random_config = get(cfg, "distill.teacher_random_config")
-        return str(name), (OmegaConf.to_container(random_config) if random_config else None), "distill.teacher"
-    random_config = get(cfg, "model.random_config")
-    return (str(get(cfg, "model.name_or_path")), OmegaConf.to_container(random_config) if random_config else None,
-            "model.name_or_path")
+    distill = options(cfg, "distill", DistillSchema)
+    if distill.teacher:
+        return str(distill.teacher), distill.teacher_random_config or None, "distill.teacher"
+    model = model_options(cfg)
+    return str(model.name_or_path), model.random_config or None, "model.name_or_path"
 
 
 def check_student_and_teacher(cfg: DictConfig, sequence_classification: bool = False) -> None:
     from modules.compression import CompressionError, decoder_blocks, meta_copy, plan_compression
 
-    random_config = get(cfg, "model.random_config")
-    config = architecture_config(str(get(cfg, "model.name_or_path")),
-                                 OmegaConf.to_container(random_config) if random_config else None)
+    model_opts = model_options(cfg)
+    config = architecture_config(str(model_opts.name_or_path), model_opts.random_config or None)
     n_blocks = student_blocks = None  # the dense model's blocks, the student's after compression (None: unknown)
     if config is not None:
         if sequence_classification:
             config.num_labels = max(glue.task_of(cfg).num_labels, 1)
         model = meta_copy(config, sequence_classification)
-        options = compression_options(cfg)
         try:
-            plan_compression(model, options)
+            plan_compression(model, compression_options(cfg))
         except CompressionError as err:
             raise ConfigError(str(err)) from None
         n_blocks = len(decoder_blocks(model)[1])
-        n = get(cfg, "compression.num_layers")
-        if options["kind"] == "truncate" and n is not None and n > n_blocks:
+        compression = options(cfg, "compression", CompressionSchema)
+        n = compression.num_layers
+        if compression.kind == "truncate" and n is not None and n > n_blocks:
             raise ConfigError(f"compression.num_layers={n} is more than the model's {n_blocks} blocks; valid: 1..{n_blocks}")
-        student_blocks = n if options["kind"] == "truncate" else n_blocks  # truncate's null depth: found once loaded
+        student_blocks = n if compression.kind == "truncate" else n_blocks  # truncate's null depth: found once loaded
     if not ilkd_weights(cfg).needs_teacher:
         return
     name, teacher_random, key = teacher_spec(cfg)
@@ -142,7 +147,7 @@ def check_student_and_teacher(cfg: DictConfig, sequence_classification: bool = F
         teacher_blocks = getattr(teacher, "num_hidden_layers", None)
         if config is not None and teacher is not None and teacher.vocab_size != config.vocab_size:
             raise ConfigError(f"distill.teacher={name!r} has a vocabulary of {teacher.vocab_size} tokens but the student "
-                              f"({get(cfg, 'model.name_or_path')}) has {config.vocab_size}; the logit and embedding "
+                              f"({model_opts.name_or_path}) has {config.vocab_size}; the logit and embedding "
                               f"terms need the same tokenizer: give a teacher of the student's family")
     check_layer_map(cfg, student_blocks, teacher_blocks)
 
@@ -150,7 +155,7 @@ def check_student_and_teacher(cfg: DictConfig, sequence_classification: bool = F
 def check_layer_map(cfg: DictConfig, student_blocks: int | None, teacher_blocks: int | None) -> None:
     """``distill.layer_map``: one teacher block per student block, each a block of the teacher (the ILKD terms pair
     them up with zip: a short map would silently leave student blocks out). A count not known yet is skipped."""
-    layer_map = get(cfg, "distill.layer_map")
+    layer_map = options(cfg, "distill", DistillSchema).layer_map
     if layer_map is None:
         return
     if student_blocks is not None and len(layer_map) != student_blocks:
@@ -164,8 +169,9 @@ def check_layer_map(cfg: DictConfig, student_blocks: int | None, teacher_blocks:
 
 
 def check_adapter(cfg: DictConfig) -> None:
-    if get(cfg, "adapter.kind") != "none" or get(cfg, "quantization.enabled"):
-        raise ConfigError(f"adapter.kind={get(cfg, 'adapter.kind')!r}: a compressed student trains all its weights; "
+    kind = adapter_of(cfg).kind
+    if kind != "none" or options(cfg, "quantization", QuantizationSchema).enabled:
+        raise ConfigError(f"adapter.kind={kind!r}: a compressed student trains all its weights; "
                           "use adapter=none (and quantization=none)")
 
 
@@ -208,7 +214,7 @@ def load_teacher(cfg: DictConfig, dense_copy, loader, student_vocab: int):
     if teacher.config.vocab_size != student_vocab:  # a hub teacher validate could not read offline
         raise ConfigError(f"distill.teacher={name!r} has a vocabulary of {teacher.config.vocab_size} tokens but the "
                           f"student has {student_vocab}; the logit and embedding terms need the same tokenizer")
-    source = get(cfg, "distill.teacher_init_from")
+    source = options(cfg, "distill", DistillSchema).teacher_init_from
     if source:
         state = read_checkpoint(checkpoint_of(source, "distill.teacher_init_from"), "distill.teacher_init_from")
         weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
@@ -221,8 +227,9 @@ def load_teacher(cfg: DictConfig, dense_copy, loader, student_vocab: int):
 def layer_map_of(cfg: DictConfig, student, teacher, layer_map: list[int] | None) -> list[int] | None:
     from modules.compression import decoder_blocks, spread
 
-    if get(cfg, "distill.layer_map"):
-        return list(get(cfg, "distill.layer_map"))
+    configured = options(cfg, "distill", DistillSchema).layer_map
+    if configured:
+        return list(configured)
     if layer_map is not None or teacher is None:
         return layer_map
     return spread(len(decoder_blocks(teacher)[1]), len(decoder_blocks(student)[1]))
@@ -253,12 +260,14 @@ class DistillLMParadigm(LMParadigm):
 
         model, tokenizer, nested = build_lm(cfg)
         weights = ilkd_weights(cfg)
-        dense = copy.deepcopy(model) if weights.needs_teacher and not get(cfg, "distill.teacher") else None
+        own_teacher = options(cfg, "distill", DistillSchema).teacher
+        dense = copy.deepcopy(model) if weights.needs_teacher and not own_teacher else None
         layer_map, self.compression_metrics = compress_student(cfg, model)
         teacher = None
         if weights.needs_teacher:
+            m = options(cfg, "model", ModelSchema)
             teacher = load_teacher(cfg, dense, lambda name, rc: load_causal_lm(
-                name, cfg.model.dtype, attn_implementation=cfg.model.get("attn_implementation"), random_config=rc)[0],
+                name, m.dtype, attn_implementation=m.attn_implementation, random_config=rc)[0],
                 model.config.vocab_size)
         module = DistillCausalLM(model, tokenizer, nested, training_sampler(cfg, nested.space.axes),
                                  optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_container(cfg.scheduler),
@@ -268,8 +277,10 @@ class DistillLMParadigm(LMParadigm):
 
     def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
         metrics.update(self.compression_metrics)
-        metrics["protocol"] = (f"context={get(cfg, 'data.eval_context')},stride={get(cfg, 'data.eval_stride')},"
-                               f"{'fine-tuned' if get(cfg, 'trainer.max_steps') else 'zero-shot'}")
+        data = options(cfg, "data", TextDataSchema)
+        fine_tuned = options(cfg, "trainer", TrainerSchema).max_steps
+        metrics["protocol"] = (f"context={data.eval_context},stride={data.eval_stride},"
+                               f"{'fine-tuned' if fine_tuned else 'zero-shot'}")
         return []
 
 
@@ -296,14 +307,17 @@ class DistillGlueParadigm(glue.GlueParadigm):
         model, tokenizer = glue.load_model(cfg, task.num_labels)
         nested = get_adapter("none").attach(model, {})
         weights = ilkd_weights(cfg)
-        dense = copy.deepcopy(model) if weights.needs_teacher and not get(cfg, "distill.teacher") else None
+        own_teacher = options(cfg, "distill", DistillSchema).teacher
+        dense = copy.deepcopy(model) if weights.needs_teacher and not own_teacher else None
         layer_map, self.compression_metrics = compress_student(cfg, model)
         teacher = None
         if weights.needs_teacher:
+            dtype = options(cfg, "model", glue.ModelSchema).dtype
+
             def loader(name, rc):
                 from modules.hf_model import load_sequence_classifier
 
-                return load_sequence_classifier(name, task.num_labels, cfg.model.dtype, rc)[0]
+                return load_sequence_classifier(name, task.num_labels, dtype, rc)[0]
             teacher = load_teacher(cfg, dense, loader, model.config.vocab_size)
         module = DistillSequenceClassifier(model, nested, training_sampler(cfg, nested.space.axes),
                                            optimizer=instantiate(cfg.optimizer),

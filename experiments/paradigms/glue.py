@@ -19,10 +19,10 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core.config import ConfigError, get, instantiate
+from experiments.core.config import ConfigError, instantiate
 from experiments.core.runtime import latency_device
 from experiments.core import schema
-from experiments.core.schema import LatencySchema, opt
+from experiments.core.schema import LatencySchema, opt, options
 from experiments.paradigms.base import Paradigm
 from experiments.paradigms.lm import (QuantizationSchema, adapter_of, adapter_options, check_model_path, eval_grid,
                                      training_sampler)
@@ -82,7 +82,7 @@ def task_of(cfg: DictConfig):
     from data.glue import get_task
 
     try:
-        return get_task(str(get(cfg, "data.task")))
+        return get_task(str(options(cfg, "data", DataSchema).task))
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -92,40 +92,41 @@ def validate(cfg: DictConfig) -> None:
     from modules.adapters import AdapterError
 
     adapter = adapter_of(cfg)
-    quantized = bool(get(cfg, "quantization.enabled"))
+    quantized = bool(options(cfg, "quantization", QuantizationSchema).enabled)
+    export = options(cfg, "export", ExportSchema)
     try:
         adapter.check(adapter_options(cfg), quantized=quantized)
-        if get(cfg, "export.merge"):
+        if export.merge:
             adapter.check_merge(adapter_options(cfg))
     except AdapterError as err:
         raise ConfigError(str(err)) from None
-    if get(cfg, "export.merge") and quantized:
+    if export.merge and quantized:
         raise ConfigError("export.merge=true on a 4-bit base: merging would write the adapter into quantized "
                           "weights; use quantization=none to export a merged model")
     training_sampler(cfg, adapter.axes(adapter_options(cfg)))
     task = task_of(cfg)
-    source = str(get(cfg, "data.source"))
+    source = str(options(cfg, "data", DataSchema).source)
     if source == "builtin" and task.name not in BUILTIN:
         raise ConfigError(f"data.source=builtin but data.task={task.name!r} is not built offline; built-in tasks: "
                           f"{', '.join(sorted(BUILTIN))} (GLUE tasks: data.source=hf or a local folder)")
     if source not in SOURCES and not Path(source).expanduser().is_dir():
         raise ConfigError(f"data.source={source!r}: no such folder; valid choices: {', '.join(SOURCES)} or a "
                           "local folder with GLUE's train/validation .tsv|.csv files")
-    metric = str(get(cfg, "eval.metric"))
+    metric = str(options(cfg, "eval", EvalSchema).metric)
     split, _, name = metric.partition("/")
     if split not in ("val", "test") or name not in ("loss", *task.metrics):
         raise ConfigError(f"eval.metric={metric!r} is not measured for data.task={task.name}; valid choices: "
                           + ", ".join(f"{s}/{n}" for s in ("test", "val") for n in (*task.metrics, "loss")))
-    device = schema.options(cfg, "latency", LatencySchema).device
+    device = options(cfg, "latency", LatencySchema).device
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("latency.device=cuda but no CUDA device is available; valid choices here: auto, cpu")
-    for choice in get(cfg, "export.submodels") or []:
+    for choice in export.submodels or []:
         raise ConfigError(f"export.submodels: {choice!r}: the GLUE paradigm exports the largest sub-model only "
                           "(export.merge=true); use export.submodels=[]")
-    check_model_path(str(get(cfg, "model.name_or_path")))
+    check_model_path(str(options(cfg, "model", ModelSchema).name_or_path))
 
 
 # --- building ---------------------------------------------------------------------------------------
@@ -133,10 +134,11 @@ def load_model(cfg: DictConfig, num_labels: int):
     from modules.hf_model import load_sequence_classifier
     from modules.offline import OfflineModelError
 
-    m = cfg.model
-    random_config = OmegaConf.to_container(m.random_config) if m.get("random_config") else None
+    m = options(cfg, "model", ModelSchema)
+    random_config = m.random_config or None
+    quantized = options(cfg, "quantization", QuantizationSchema).enabled
     try:
-        quant = instantiate(cfg.quantization.config) if get(cfg, "quantization.enabled") else None
+        quant = instantiate(cfg.quantization.config) if quantized else None
         return load_sequence_classifier(str(m.name_or_path), num_labels, m.dtype, random_config, quant)
     except OfflineModelError as err:
         raise ConfigError(str(err)) from None
@@ -194,7 +196,7 @@ def measure_latency_ms(model, batch: dict, warmup: int = 2, repeats: int = 10) -
 def latency_metrics(cfg: DictConfig, module, datamodule) -> dict[str, Any]:
     """``latency/ms`` (adapted, largest sub-model), ``latency/base_ms`` (the base model, no adapter),
     ``latency/relative``: one forward of the same batch (the first ``latency.batch_size`` test rows)."""
-    latency = schema.options(cfg, "latency", LatencySchema)
+    latency = options(cfg, "latency", LatencySchema)
     repeats, warmup = latency.repeats, latency.warmup
     if repeats <= 0:
         return {}
@@ -238,15 +240,16 @@ class GlueParadigm(Paradigm):
         return module, self._datamodule
 
     def after_eval(self, cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Path]:
+        adapter, export = adapter_of(cfg), options(cfg, "export", ExportSchema)
         metrics.update(parameter_metrics(module.model))
-        metrics["adapter"] = str(get(cfg, "adapter.kind"))
-        metrics["task"] = str(get(cfg, "data.task"))
+        metrics["adapter"] = str(options(cfg, "adapter", adapter.options_schema).kind)
+        metrics["task"] = str(options(cfg, "data", DataSchema).task)
         if self._datamodule is not None:
             metrics.update(latency_metrics(cfg, module, self._datamodule))
-        if not get(cfg, "export.merge"):
+        if not export.merge:
             return []
         module.nested.apply(module.nested.space.largest)  # the merged model is the largest sub-model
         tokenizer = self._datamodule.tokenizer if self._datamodule is not None else None
-        return adapter_of(cfg).export(module.model, module.nested.space.largest, run_dir / cfg.export.dir,
-                                      adapter_options(cfg), base_name=str(cfg.model.name_or_path), merge=True,
-                                      tokenizer=tokenizer)
+        return adapter.export(module.model, module.nested.space.largest, run_dir / export.dir,
+                              adapter_options(cfg), base_name=str(options(cfg, "model", ModelSchema).name_or_path),
+                              merge=True, tokenizer=tokenizer)

@@ -139,25 +139,28 @@ class LMParadigm(Paradigm):
         from modules.adapters import AdapterError
 
         adapter = adapter_of(cfg)
+        quantized = options(cfg, "quantization", QuantizationSchema).enabled
+        export = options(cfg, "export", ExportSchema)
+        depth = options(cfg, "depth", DepthSchema)
         try:
-            adapter.check(adapter_options(cfg), quantized=bool(get(cfg, "quantization.enabled")))
+            adapter.check(adapter_options(cfg), quantized=bool(quantized))
         except AdapterError as err:
             raise ConfigError(str(err)) from None
         axes = rank_axes(cfg)
         axes.update(depth_axis(cfg))
         training_sampler(cfg, axes)
-        if get(cfg, "export.merge") and get(cfg, "quantization.enabled"):
+        if export.merge and quantized:
             dynamic = [axis for axis, values in rank_axes(cfg).items() if len(values) > 1]
             raise ConfigError("export.merge=true on a 4-bit base" +
                               (f" while {dynamic[0]}s are dynamic" if dynamic else "") +
                               ": merging would fix one sub-model into quantized weights; export adapters only "
                               "(export.merge=false) or train with quantization=none")
-        for choice in get(cfg, "export.submodels") or []:
+        for choice in export.submodels or []:
             if choice not in ("best", "largest", "smallest") and not re.fullmatch(r"(\w+=\d+)(,\w+=\d+)*", str(choice)):
                 raise ConfigError(f"export.submodels: {choice!r} is not one of best, largest, smallest, "
                                   "rank=<int> (or a sub-model key such as depth=2,rank=4)")
-        check_model_path(str(get(cfg, "model.name_or_path")))
-        if get(cfg, "depth.exit_heads") and not get(cfg, "depth.exits"):
+        check_model_path(str(options(cfg, "model", ModelSchema).name_or_path))
+        if depth.exit_heads and not depth.exits:
             raise ConfigError("depth.exit_heads=true (SFT+ICT: a new head per exit) needs depth.exits, e.g. [6, 12, 18, 24]")
         check_judge(cfg)
 
@@ -193,21 +196,23 @@ class LMParadigm(Paradigm):
         out = []
         if module.generations:
             out.append(write_generations(run_dir / GENERATIONS_FILE, module.generations))
-        if get(cfg, "judge.against"):
+        if options(cfg, "judge", JudgeSchema).against:
             out.append(judge_against(cfg, module, metrics, run_dir))
+        export_dir = options(cfg, "export", ExportSchema).dir
         for sub in export_submodels(cfg, module, metrics):
-            out += self.export_submodel(cfg, module, sub, run_dir / cfg.export.dir / "_".join(f"{k}_{v}" for k, v in sub.dims))
+            out += self.export_submodel(cfg, module, sub, run_dir / export_dir / "_".join(f"{k}_{v}" for k, v in sub.dims))
         return out
 
     def export_submodel(self, cfg: DictConfig, module, sub, folder: Path) -> list[Path]:
         """The adapter's export of ``sub`` (the rank-b PEFT adapter); for a fully fine-tuned depth exit (SoFT),
         which no adapter holds, the exit as a standalone HF model (the first n layers, norm and head)."""
+        adapter = adapter_of(cfg)
         module.nested.apply(sub)
         try:
-            out = adapter_of(cfg).export(module.model, sub, folder, adapter_options(cfg),
-                                         base_name=str(cfg.model.name_or_path), merge=bool(get(cfg, "export.merge")),
-                                         tokenizer=module.tokenizer)
-            if not out and sub.get("depth") is not None and get(cfg, "adapter.kind") == "none":
+            out = adapter.export(module.model, sub, folder, adapter_options(cfg),
+                                 base_name=str(options(cfg, "model", ModelSchema).name_or_path),
+                                 merge=bool(options(cfg, "export", ExportSchema).merge), tokenizer=module.tokenizer)
+            if not out and sub.get("depth") is not None and adapter.kind == "none":
                 from modules.multi_exit import exit_model
 
                 exit_model(module.model, int(sub["depth"])).save_pretrained(folder)
@@ -230,25 +235,25 @@ def rank_axes(cfg: DictConfig) -> dict[str, list[int]]:
 
 
 def depth_axis(cfg: DictConfig) -> dict[str, list[int]]:
-    exits = get(cfg, "depth.exits")
-    truncate = get(cfg, "depth.truncate")
+    depth = options(cfg, "depth", DepthSchema)
+    exits, truncate = depth.exits, depth.truncate
     model_layers = known_layers(cfg) if exits or truncate is not None else None
     if truncate is not None and model_layers is not None and truncate > model_layers:
         raise ConfigError(f"depth.truncate={truncate} is beyond the model's {model_layers} layers; "
                           f"valid: 1..{model_layers}")
     for key, null in (("exits", "no depth axis"), ("eval_exits", "the exits")):
-        if get(cfg, f"depth.{key}") is not None and len(get(cfg, f"depth.{key}")) == 0:
+        if getattr(depth, key) is not None and len(getattr(depth, key)) == 0:
             raise ConfigError(f"depth.{key}=[] is empty; give at least one exit, e.g. [6, 12, 18, 24], "
                               f"or null ({null})")
     if not exits:
-        if get(cfg, "depth.eval_exits"):
-            raise ConfigError(f"depth.eval_exits={list(get(cfg, 'depth.eval_exits'))} needs a depth axis to evaluate; "
+        if depth.eval_exits:
+            raise ConfigError(f"depth.eval_exits={list(depth.eval_exits)} needs a depth axis to evaluate; "
                               "set depth.exits too, e.g. depth.exits=[6, 12, 18, 24]")
         return {}
     layers = truncate or model_layers  # known before loading (a config on disk, or the truncation), else checked once loaded
     what = "the truncated model's" if truncate else "the model's"
     for key in ("exits", "eval_exits"):
-        for i, n in enumerate(get(cfg, f"depth.{key}") or []):
+        for i, n in enumerate(getattr(depth, key) or []):
             if layers is not None and not 1 <= n <= layers:
                 raise ConfigError(f"depth.{key}[{i}]={n} is beyond {what} {layers} layers; valid exits: 1..{layers}")
     return {"depth": sorted(set(exits))}
@@ -283,10 +288,9 @@ def architecture_config(name_or_path: str, random_config: dict | None, hub: bool
 def known_layers(cfg: DictConfig) -> int | None:
     """The decoder layers of ``model.name_or_path`` when its config is on disk (a random config, an offline alias
     already converted, a local folder); None for a hub id (nothing is fetched in a check)."""
-    random_config = get(cfg, "model.random_config")
+    model = options(cfg, "model", ModelSchema)
     try:
-        config = architecture_config(str(get(cfg, "model.name_or_path")),
-                                     OmegaConf.to_container(random_config) if random_config else None, hub=False)
+        config = architecture_config(str(model.name_or_path), model.random_config or None, hub=False)
     except (ValueError, TypeError, KeyError):  # an unknown random:<arch> is check_model_path's error
         return None
     return getattr(config, "num_hidden_layers", None)
@@ -351,11 +355,12 @@ JUDGE_FILE = "judge.jsonl"              # one line per judged pair: both orders'
 def check_judge(cfg: DictConfig) -> None:
     """``judge``: only a run that judges (``judge.against`` set) needs its judge loadable and the other run's
     generations; both are checked here, before anything loads (a preset may name PandaLM and judge later)."""
-    kind, against = options(cfg, "judge", JudgeSchema).kind, get(cfg, "judge.against")
-    if get(cfg, "judge.calibrate") and kind != "logprob":
+    judge = options(cfg, "judge", JudgeSchema)
+    kind, against = judge.kind, judge.against
+    if judge.calibrate and kind != "logprob":
         raise ConfigError(f"judge.calibrate=true reads an LM judge's log-odds; judge.kind={kind} has none "
                           "(use judge=pandalm or judge=smollm2_standin)")
-    if kind == "logprob" and not get(cfg, "judge.model"):
+    if kind == "logprob" and not judge.model:
         raise ConfigError("judge.model is missing: judge.kind=logprob needs a judge LM (an HF id such as "
                           "WeOpenML/PandaLM-7B-v1, a local folder or an offline alias)")
     if not against:
@@ -366,10 +371,10 @@ def check_judge(cfg: DictConfig) -> None:
     if not (Path(str(against)).expanduser() / GENERATIONS_FILE).is_file():
         raise ConfigError(f"judge.against={against!r}: no {GENERATIONS_FILE} there; give the folder of a finished "
                           "LM run (task=train or task=eval writes its test generations there)")
-    if not get(cfg, "eval.generate"):
+    if not options(cfg, "eval", EvalSchema).generate:
         raise ConfigError("judge.against needs this run's generations: eval.generate=false turns them off")
     if kind == "logprob":
-        check_loadable(str(cfg.judge.model), "judge.model")
+        check_loadable(str(judge.model), "judge.model")
 
 
 def check_loadable(name_or_path: str, key: str) -> None:
@@ -421,13 +426,13 @@ def read_generations(path: Path) -> dict[str, list[dict]]:
 def build_judge(cfg: DictConfig, device):
     from modules.judge import LogProbJudge, ReferenceJudge
 
-    j = cfg.judge
+    j = options(cfg, "judge", JudgeSchema)
     if j.kind == "reference":
         return ReferenceJudge()
     from modules.hf_model import load_causal_lm
 
     model, tokenizer = load_causal_lm(str(j.model), str(j.dtype))
-    return LogProbJudge(model.to(device), tokenizer, prompt=str(j.prompt), tie=j.get("tie"), batch_size=int(j.batch_size),
+    return LogProbJudge(model.to(device), tokenizer, prompt=str(j.prompt), tie=j.tie, batch_size=int(j.batch_size),
                         max_length=int(j.max_length), margin=float(j.margin), name=str(j.label or j.model))
 
 
@@ -439,10 +444,11 @@ def judge_against(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> Path
 
     from modules.judge import judge_generations
 
-    theirs = read_generations(Path(str(cfg.judge.against)).expanduser() / GENERATIONS_FILE)
+    opts = options(cfg, "judge", JudgeSchema)
+    theirs = read_generations(Path(str(opts.against)).expanduser() / GENERATIONS_FILE)
     judge = build_judge(cfg, module.device)
-    print(f"judging against {cfg.judge.against} with {getattr(judge, 'name', cfg.judge.kind)}")
-    results = judge_generations(judge, module.generations, theirs, bool(cfg.judge.get("calibrate")))
+    print(f"judging against {opts.against} with {getattr(judge, 'name', opts.kind)}")
+    results = judge_generations(judge, module.generations, theirs, bool(opts.calibrate))
     path = run_dir / JUDGE_FILE
     with path.open("w") as fh:
         for cell, (score, pairs) in results.items():
@@ -450,8 +456,8 @@ def judge_against(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> Path
                 metrics["test/judge" + ("" if key == "score" else f"_{key}") + f"@{cell}"] = float(value)
             for pair in pairs:
                 fh.write(json.dumps({"submodel": cell, "judge": getattr(judge, "name", ""),
-                                     "calibrated": bool(cfg.judge.get("calibrate")),
-                                     "against": str(cfg.judge.against), **pair}) + "\n")
+                                     "calibrated": bool(opts.calibrate),
+                                     "against": str(opts.against), **pair}) + "\n")
     return path
 
 
@@ -467,22 +473,22 @@ def build_lm(cfg: DictConfig):
     from modules.hf_model import load_causal_lm
     from modules.offline import OfflineModelError
 
-    quant = instantiate(cfg.quantization.config) if get(cfg, "quantization.enabled") else None
-    m = cfg.model
+    quant = instantiate(cfg.quantization.config) if options(cfg, "quantization", QuantizationSchema).enabled else None
+    m = options(cfg, "model", ModelSchema)
     try:
-        model, tokenizer = load_causal_lm(
-            m.name_or_path, m.dtype, quant, m.gradient_checkpointing, m.get("attn_implementation"),
-            OmegaConf.to_container(m.random_config) if m.get("random_config") else None)
+        model, tokenizer = load_causal_lm(m.name_or_path, m.dtype, quant, m.gradient_checkpointing,
+                                          m.attn_implementation, m.random_config or None)
     except OfflineModelError as err:
         raise ConfigError(str(err)) from None
     except OSError as err:  # not on the hub / not cached offline / not a model folder
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model.name_or_path={m.name_or_path!r} could not be loaded: {first}") from None
-    if get(cfg, "depth.truncate"):  # the extracted baseline: the first n layers are the whole model
+    depth_options = options(cfg, "depth", DepthSchema)
+    if depth_options.truncate:  # the extracted baseline: the first n layers are the whole model
         from modules.multi_exit import MultiExitError, truncate_layers
 
         try:
-            truncate_layers(model, int(cfg.depth.truncate))
+            truncate_layers(model, int(depth_options.truncate))
         except MultiExitError as err:
             raise ConfigError(f"depth.truncate: {err}") from None
     adapter = adapter_of(cfg)
@@ -497,8 +503,8 @@ def build_lm(cfg: DictConfig):
             decoder = DecoderDepth(model)
             decoder.check_exits(depth["depth"])
             key = "depth.eval_exits"  # the error names the list the user wrote
-            if get(cfg, key):
-                decoder.check_exits(list(get(cfg, key)))
+            if depth_options.eval_exits:
+                decoder.check_exits(list(depth_options.eval_exits))
         except MultiExitError as err:
             raise ConfigError(f"{key}: {err}") from None
         nested = NestedModel({**nested.axes_values, **depth}, {**nested.setters, "depth": decoder.set_depth})
@@ -528,8 +534,9 @@ def eval_grid(cfg: DictConfig, nested) -> list:
 
     values = dict(nested.space.axes)
     values.update(adapter_of(cfg).eval_values(adapter_options(cfg)) or {})
-    if get(cfg, "depth.eval_exits") and "depth" in values:
-        values["depth"] = list(get(cfg, "depth.eval_exits"))
+    eval_exits = options(cfg, "depth", DepthSchema).eval_exits
+    if eval_exits and "depth" in values:
+        values["depth"] = list(eval_exits)
     return SubModelSpace(values).grid()
 
 
@@ -538,13 +545,14 @@ def build_module(cfg: DictConfig, model, tokenizer, nested):
     from modules.lm_module import NestedCausalLM
 
     heads = None
-    if get(cfg, "depth.exit_heads"):
+    if options(cfg, "depth", DepthSchema).exit_heads:
         heads, nested = with_exit_heads(model, nested)
     sampler = training_sampler(cfg, nested.space.axes)
+    evaluation = options(cfg, "eval", EvalSchema)
     return NestedCausalLM(model, tokenizer, nested, sampler, optimizer=instantiate(cfg.optimizer),
                           scheduler=OmegaConf.to_container(cfg.scheduler), eval_grid=eval_grid(cfg, nested),
-                          generate=cfg.eval.generate, max_new_tokens=cfg.eval.max_new_tokens,
-                          answer_fn=getattr(metrics, ANSWER_FNS[cfg.eval.answer_format]),
+                          generate=evaluation.generate, max_new_tokens=evaluation.max_new_tokens,
+                          answer_fn=getattr(metrics, ANSWER_FNS[evaluation.answer_format]),
                           score_fn=metrics.exact_match, exit_heads=heads)
 
 
@@ -553,7 +561,7 @@ def export_submodels(cfg: DictConfig, module, metrics: dict) -> list:
     from modules.submodel import SubModel
 
     subs: list = []
-    for choice in get(cfg, "export.submodels") or []:
+    for choice in options(cfg, "export", ExportSchema).submodels or []:
         if choice == "best":
             key = metrics.get("best/submodel")
         elif choice in ("largest", "smallest"):

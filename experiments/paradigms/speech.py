@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core.config import ConfigError, get, plain
-from experiments.core.schema import CheckpointSchema, options, opt
+from experiments.core.config import ConfigError, plain
+from experiments.core.schema import CheckpointSchema, EvalSchema, TrainerSchema, options, opt
 from experiments.paradigms.base import Paradigm
 
 WEIGHTED = -1  # the layer axis of the weighted-sum probe (modules/probe_module.py)
@@ -94,10 +94,11 @@ class ProbeSchema:
 def encoder_layers(cfg: DictConfig) -> int | None:
     """L (encoder layers) when known without loading: model.encoder_layers, a local config.json, an
     offline alias or an openai/whisper-<size> id; None otherwise (checked once loaded)."""
-    stated = get(cfg, "model.encoder_layers")
+    model = options(cfg, "model", ModelSchema)
+    stated = model.encoder_layers
     if stated:
         return int(stated)
-    name = str(get(cfg, "model.name_or_path"))
+    name = str(model.name_or_path)
     config = Path(name).expanduser() / "config.json"
     if config.is_file():
         return int(json.loads(config.read_text()).get("encoder_layers", 0)) or None
@@ -107,7 +108,7 @@ def encoder_layers(cfg: DictConfig) -> int | None:
 
 def probe_layers(cfg: DictConfig, num_layers: int | None) -> list[int]:
     """``probe.layers`` -> layer-axis values (-1 = weighted sum, then 0..L), in order, without repeats."""
-    spec = plain(get(cfg, "probe.layers"))
+    spec = options(cfg, "probe", ProbeSchema).layers
     if spec == "all":
         if num_layers is None:
             return [WEIGHTED]  # expanded once the encoder is loaded
@@ -124,7 +125,8 @@ def probe_layers(cfg: DictConfig, num_layers: int | None) -> list[int]:
         else:
             raise ConfigError(f"probe.layers: {item!r} is not weighted or a hidden-state index >= 0")
         if num_layers is not None and value > num_layers:
-            raise ConfigError(f"probe.layers: layer {value} does not exist; {get(cfg, 'model.name_or_path')} has "
+            raise ConfigError(f"probe.layers: layer {value} does not exist; "
+                              f"{options(cfg, 'model', ModelSchema).name_or_path} has "
                               f"hidden states 0..{num_layers} (0 = embeddings)")
         if value not in out:
             out.append(value)
@@ -134,7 +136,7 @@ def probe_layers(cfg: DictConfig, num_layers: int | None) -> list[int]:
 def head_of(cfg: DictConfig) -> str:
     from data.speech_tasks import INTENT_TASKS
 
-    head, task = options(cfg, "probe", ProbeSchema).head, get(cfg, "data.task")
+    head, task = options(cfg, "probe", ProbeSchema).head, options(cfg, "data", DataSchema).task
     wanted = "intent" if task in INTENT_TASKS else "mean_pool"
     if head == "auto":
         return wanted
@@ -154,7 +156,7 @@ def encode_device(cfg: DictConfig) -> str:
 
     want = options(cfg, "model", ModelSchema).device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()
-                          and get(cfg, "trainer.accelerator") in ("gpu", "cuda", "auto")):
+                          and options(cfg, "trainer", TrainerSchema).accelerator in ("gpu", "cuda", "auto")):
         return "cuda"
     return "cpu"
 
@@ -267,9 +269,10 @@ class SpeechParadigm(Paradigm):
         from data.speech_tasks import SpeechDataError, check_task, parse_condition
         from modules.speech.corruption import ConditionError
 
+        data, corruption = options(cfg, "data", DataSchema), options(cfg, "corruption", CorruptionSchema)
         try:
-            check_task(get(cfg, "data.task"), get(cfg, "data.root"), folder=False)
-            conditions = plain(get(cfg, "corruption.conditions"))
+            check_task(data.task, data.root, folder=False)
+            conditions = corruption.conditions
             if not conditions:
                 raise ConfigError("corruption.conditions is empty; give at least [clean]")
             keys = []
@@ -281,18 +284,20 @@ class SpeechParadigm(Paradigm):
             if len(set(keys)) != len(keys):
                 raise ConfigError(f"corruption.conditions names a condition twice: {conditions}")
             try:
-                parse_condition(get(cfg, "corruption.train_condition"))
+                parse_condition(corruption.train_condition)
             except ConditionError as err:
                 raise ConfigError(f"corruption.train_condition: {err}") from None
-            for text in [*conditions, get(cfg, "corruption.train_condition")]:
+            for text in [*conditions, corruption.train_condition]:
                 c = parse_condition(text)
-                for need, key in (("file", "corruption.noise_dir"), ("rir", "corruption.rir_dir")):
+                for need, key in (("file", "noise_dir"), ("rir", "rir_dir")):
                     uses = c.noise == "file" if need == "file" else c.rir == "file"
-                    if uses and not (get(cfg, key) and Path(str(get(cfg, key))).expanduser().is_dir()):
-                        raise ConfigError(f"condition {text!r} reads audio files: set {key}=<a folder of them>")
+                    folder = getattr(corruption, key)
+                    if uses and not (folder and Path(str(folder)).expanduser().is_dir()):
+                        raise ConfigError(f"condition {text!r} reads audio files: "
+                                          f"set corruption.{key}=<a folder of them>")
         except SpeechDataError as err:
             raise ConfigError(str(err)) from None
-        name = str(get(cfg, "model.name_or_path"))
+        name = str(options(cfg, "model", ModelSchema).name_or_path)
         looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
         if looks_local and not Path(name).expanduser().is_dir():
             raise ConfigError(f"model.name_or_path={name!r}: no such folder; give whisper-tiny.en (offline), an HF id "
@@ -304,11 +309,12 @@ class SpeechParadigm(Paradigm):
         """This machine has the corpus (``data.root`` set, there, not empty) and the encoder's device."""
         from data.speech_tasks import SpeechDataError, check_task
 
+        data = options(cfg, "data", DataSchema)
         try:
-            check_task(get(cfg, "data.task"), get(cfg, "data.root"))
+            check_task(data.task, data.root)
         except SpeechDataError as err:
             raise ConfigError(str(err)) from None
-        if get(cfg, "model.device") == "cuda":
+        if options(cfg, "model", ModelSchema).device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
@@ -345,7 +351,8 @@ class SpeechParadigm(Paradigm):
             out, trainer = self.fit_probe(ctx, datamodule, layer)
             metrics.update(out)
         metrics["time/probes_s"] = time.perf_counter() - start
-        summary = summarize(metrics, cfg.eval.metric, bool(cfg.eval.higher_is_better))
+        evaluation = options(cfg, "eval", EvalSchema)
+        summary = summarize(metrics, evaluation.metric, bool(evaluation.higher_is_better))
         metrics.update({k: v for k, v in summary.items() if not k.startswith("auc/")})  # no area over layer indices
         conditions = [c.key for c in datamodule.conditions]
         write_results(ctx.run_dir, metrics, ())
@@ -353,11 +360,11 @@ class SpeechParadigm(Paradigm):
         table = markdown_table(header, rows)
         (ctx.run_dir / "probes.md").write_text(table + "\n")
         write_csv(ctx.run_dir / "probes.csv", header, rows)
-        title = f"{get(cfg, 'model.name_or_path')} on {get(cfg, 'data.task')}"
+        title = f"{options(cfg, 'model', ModelSchema).name_or_path} on {options(cfg, 'data', DataSchema).task}"
         plots = plot_probes(metrics, conditions, ctx.run_dir, title)
         print(f"\nAccuracy per layer (rows; W = weighted sum = layer=-1) and condition ({ctx.run_dir}):\n{table}")
         for c in conditions:
-            print(best_line(metrics, cfg.eval.metric, f"@condition={c}"))
+            print(best_line(metrics, evaluation.metric, f"@condition={c}"))
         weights = [metrics[k] for k in sorted((k for k in metrics if k.startswith("weights/layer_")),
                                               key=lambda k: int(k.split("_")[-1]))]
         if weights:
@@ -366,7 +373,7 @@ class SpeechParadigm(Paradigm):
             print(f"plot: {path}")
         if trainer is not None:
             finish_wandb(trainer, metrics)
-        return metrics.get(f"{objective_key(cfg.eval.metric)}@condition={conditions[0]}")  # the first condition
+        return metrics.get(f"{objective_key(evaluation.metric)}@condition={conditions[0]}")  # the first condition
 
     def fit_probe(self, ctx, datamodule, layer: int) -> tuple[dict[str, Any], Any]:
         """One probe: fit (continuing from its folder's last checkpoint), validate, test every condition."""

@@ -29,7 +29,7 @@ from typing import ClassVar, Literal, Optional, Union
 
 from experiments.core.config import ConfigError, get, instantiate, plain, require_int
 from experiments.core.runtime import latency_device
-from experiments.core.schema import ExportSchema, LatencySchema, TrainerSchema, options, opt
+from experiments.core.schema import EvalSchema, ExportSchema, LatencySchema, TrainerSchema, options, opt
 from experiments.paradigms.base import Paradigm
 from experiments.results.pareto import METHODS, method_label
 MODEL_KEYS_NOT_CONFIG = ("name_or_path",)  # model.* keys that are not SortedViTConfig fields
@@ -43,7 +43,7 @@ def method_of(cfg: DictConfig):
     """``"sorted"``, ``"standard"`` or the ``SubModel`` of an independently trained small model."""
     from modules.submodel import SubModel, SubModelError
 
-    method = get(cfg, "nested.method")
+    method = options(cfg, "nested", NestedSchema).method
     if method in METHODS:
         return method
     if isinstance(method, str) and "=" in method:
@@ -59,13 +59,13 @@ def _data_shape(cfg: DictConfig) -> tuple[tuple[int, int, int] | None, int | Non
     """(C, H, W) and classes of the configured data, when known without loading it."""
     from data.images import SOURCES
 
-    info = SOURCES[get(cfg, "data.source")]
-    label_column = get(cfg, "data.label_column")
-    classes = info.num_classes if label_column in (None, info.label_column) else None
+    data = options(cfg, "data", DataSchema)
+    info = SOURCES[data.source]
+    classes = info.num_classes if data.label_column in (None, info.label_column) else None
     if info.shape is None:
         return None, classes
     c, h, w = info.shape
-    size = get(cfg, "data.image_size")
+    size = data.image_size
     return ((c, size, size) if size else (c, h, w)), classes
 
 
@@ -80,21 +80,21 @@ def model_config(cfg: DictConfig, image_shape: tuple[int, int, int] | None = Non
     """
     from modules.sorted_vit import SortedViTConfig
 
-    options = {k: v for k, v in plain(cfg.model).items() if k not in MODEL_KEYS_NOT_CONFIG}
-    name = get(cfg, "model.name_or_path")
+    given = {k: v for k, v in plain(cfg.model).items() if k not in MODEL_KEYS_NOT_CONFIG}
+    name = options(cfg, "model", ModelSchema).name_or_path
     if name:
-        labels = options.get("num_labels") or num_classes
+        labels = given.get("num_labels") or num_classes
         if hf_config is None and Path(str(name)).expanduser().exists():
             hf_config = load_hf_config(cfg)  # a local config.json: read, nothing downloaded
         if hf_config is not None:
             out = SortedViTConfig.from_hf(hf_config)
             for key in CHECKPOINT_SIZES:
-                if options.get(key) is not None and options[key] != getattr(out, key):
-                    raise ConfigError(f"model.{key}={options[key]} but {name} has {key}={getattr(out, key)}; "
+                if given.get(key) is not None and given[key] != getattr(out, key):
+                    raise ConfigError(f"model.{key}={given[key]} but {name} has {key}={getattr(out, key)}; "
                                       f"set model.{key}={getattr(out, key)} (or null to take the checkpoint's)")
-        elif all(options.get(k) is not None for k in CHECKPOINT_SIZES):
+        elif all(given.get(k) is not None for k in CHECKPOINT_SIZES):
             check_model_name(str(name))
-            out = SortedViTConfig.from_mapping({k: options[k] for k in CHECKPOINT_SIZES})
+            out = SortedViTConfig.from_mapping({k: given[k] for k in CHECKPOINT_SIZES})
         else:
             check_model_name(str(name))
             return None  # a hub id with its sizes unstated: checked once loaded
@@ -105,12 +105,12 @@ def model_config(cfg: DictConfig, image_shape: tuple[int, int, int] | None = Non
     fill = {"num_channels": shape[0] if shape else 3, "image_size": shape[-1] if shape else None,
             "num_labels": num_classes or 2}
     for key, value in fill.items():
-        if options.get(key) is None:
-            options[key] = value
-    if options.get("image_size") is None:  # data shape unknown before loading (data.source=hf)
-        options["image_size"] = options.get("patch_size") or 1
+        if given.get(key) is None:
+            given[key] = value
+    if given.get("image_size") is None:  # data shape unknown before loading (data.source=hf)
+        given["image_size"] = given.get("patch_size") or 1
     try:
-        return SortedViTConfig.from_mapping(options)
+        return SortedViTConfig.from_mapping(given)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err).splitlines()[0]) from None
 
@@ -126,7 +126,7 @@ def check_model_name(name: str) -> None:
 def load_hf_config(cfg: DictConfig):
     from transformers import ViTConfig
 
-    name = str(get(cfg, "model.name_or_path"))
+    name = str(options(cfg, "model", ModelSchema).name_or_path)
     check_model_name(name)
     try:
         return ViTConfig.from_pretrained(name)
@@ -140,7 +140,7 @@ def axes_of(cfg: DictConfig, vit_cfg) -> dict[str, list[int]]:
     training samples from."""
     from modules.sorted_vit import AXES, SubModelError, _describe, check_axis, valid_choices
 
-    axes = plain(get(cfg, "nested.axes"))
+    axes = options(cfg, "nested", NestedSchema).axes
     if not isinstance(axes, Mapping) or not axes:
         raise ConfigError(f"nested.axes is empty or missing; give a mapping axis -> values for some of "
                           f"{', '.join(AXES)}, e.g. {{depth: [1, 2], width: [16, 32]}}")
@@ -172,7 +172,7 @@ def eval_grid_of(cfg: DictConfig, vit_cfg, axes: Mapping[str, list[int]]) -> lis
     from modules.sorted_vit import SubModelError, resolve
     from modules.submodel import SubModelSpace, parse_grid
 
-    spec = plain(get(cfg, "nested.eval_grid"))
+    spec = options(cfg, "nested", NestedSchema).eval_grid
     if spec is not None and spec != "all" and not isinstance(spec, (Mapping, list)):
         raise ConfigError(f"nested.eval_grid={spec!r}: give null (the nested.axes grid), a mapping axis -> "
                           "values, or a list of keys such as ['depth=1,width=16']")
@@ -193,8 +193,9 @@ def validate(cfg: DictConfig) -> None:
     from modules.sorted_vit import SubModelError, resolve
     from modules.submodel import SubModelSpace
 
-    if get(cfg, "data.source") not in SOURCES:
-        raise ConfigError(f"data.source={get(cfg, 'data.source')!r} is not an option; valid choices: "
+    source = options(cfg, "data", DataSchema).source
+    if source not in SOURCES:
+        raise ConfigError(f"data.source={source!r} is not an option; valid choices: "
                           f"{', '.join(SOURCES)}")
     if options(cfg, "latency", LatencySchema).device == "cuda":  # its type and range: the schemas, checked before
         import torch
@@ -203,7 +204,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("latency.device=cuda but no CUDA device is available; valid choices here: auto, cpu")
     shape, classes = _data_shape(cfg)
     vit_cfg = model_config(cfg, shape, classes)
-    if vit_cfg is not None and shape is not None and get(cfg, "model.name_or_path"):
+    if vit_cfg is not None and shape is not None and options(cfg, "model", ModelSchema).name_or_path:
         check_image_shape(vit_cfg, shape)
     method = method_of(cfg)
     axes = axes_of(cfg, vit_cfg)
@@ -242,7 +243,7 @@ def build_model(cfg: DictConfig, datamodule):
     from modules.sorted_vit import SortedViT, load_hf_vit
 
     image_shape, classes = datamodule.image_shape, datamodule.num_classes
-    name = get(cfg, "model.name_or_path")
+    name = options(cfg, "model", ModelSchema).name_or_path
     if not name:
         return SortedViT(model_config(cfg, image_shape, classes))
     from transformers import ViTForImageClassification
@@ -268,7 +269,7 @@ def build(cfg: DictConfig):
     from modules.vision_module import NestedClassifier
 
     datamodule = instantiate(cfg.data, seed=cfg.seed)
-    if get(cfg, "data.source") == "hf":
+    if options(cfg, "data", DataSchema).source == "hf":
         datamodule.setup()  # shape and classes are known only once loaded
     model = build_model(cfg, datamodule)
     method = method_of(cfg)
@@ -370,9 +371,10 @@ def export_submodels(cfg: DictConfig, model, metrics: Mapping[str, Any], grid, r
     from modules.sorted_vit import count_flops
     from modules.submodel import SubModel
 
+    export = options(cfg, "export", ExportSchema)
     by_cost = sorted(grid, key=lambda s: (count_flops(model, s), s.dims))
     out = []
-    for choice in get(cfg, "export.submodels") or []:
+    for choice in export.submodels or []:
         if choice == "best":
             key = metrics.get("best/submodel")
             sub = SubModel.parse(key) if key else None
@@ -382,7 +384,7 @@ def export_submodels(cfg: DictConfig, model, metrics: Mapping[str, Any], grid, r
             sub = SubModel.parse(str(choice))
         if sub is None:
             continue
-        folder = run_dir / options(cfg, "export", ExportSchema).dir / (sub.key.replace("=", "_").replace(",", "_") or "full")
+        folder = run_dir / export.dir / (sub.key.replace("=", "_").replace(",", "_") or "full")
         export_one(model, sub, folder)
         if folder not in out:
             out.append(folder)
@@ -412,9 +414,9 @@ def after_eval(cfg: DictConfig, module, metrics: dict, run_dir: Path) -> list[Pa
     grid, model = module.eval_grid, module.model
     metrics.update(cost_metrics(cfg, model, grid))
     metrics["latency/device"] = str(latency_device(cfg))
-    metric = cfg.eval.metric
+    metric = options(cfg, "eval", EvalSchema).metric
     metrics.update(kept_fraction(metrics, grid, metric))
-    metrics["method"] = method_label(get(cfg, "nested.method"))
+    metrics["method"] = method_label(options(cfg, "nested", NestedSchema).method)
     header, rows = submodel_rows(metrics, grid, metric)
     table = markdown_table(header, rows)
     (run_dir / "submodels.md").write_text(table + "\n")
