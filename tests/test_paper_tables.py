@@ -197,3 +197,23 @@ def test_a_quoted_override_forms_its_row_by_value(tmp_path):
     _run(tmp_path, "1", "qdylora/quick", {"test/em@rank=1": 0.3}, ["adapter.scale=alpha/b"])
     header, rows = table_of({**load_spec("qdylora_ranks"), "rows": ["adapter.scale"]}, find_jobs(tmp_path))
     assert [r[0] for r in rows] == ["alpha/b", "alpha/sqrt(b)"] and rows[1][1][0] == 0.5
+
+
+def test_the_committed_focl_tuned_table_rerenders_from_its_51_runs_and_agrees_with_the_sweep_script(tmp_path):
+    """docs/focl_tuned_runs: FoCL's tuned sweep (3 seeds x 17 settings) with each run's results.json and .hydra/; the
+    table renderer (conf/table/focl_tuned.yaml: tune + seeds) gives the committed table again, and its chosen weight
+    per regulariser is the one experiments/scripts/focl_tuned_table.py chose (docs/focl.md, "The tuned table")."""
+    from experiments.results.tables import write_table
+
+    records = ROOT / "docs" / "focl_tuned_runs"
+    jobs = find_jobs(records)
+    assert len(jobs) == 51 and all(j.get("status", "finished") == "finished" for j in jobs)
+    written = write_table(load_spec("focl_tuned"), jobs, tmp_path)
+    assert written["markdown"] == (records / "focl_tuned.md").read_text()
+    chosen = {(r[0], r[1]): r[2] for r in written["rows"]}
+    script = (records / "table.md").read_text()
+    for row in ("pixel", "feature", "combined", "ewc"):
+        weight = re.search(rf"^\| {row} \| \*\*([0-9.]+)\*\*", script, re.M).group(1)  # the weighted part comes first
+        assert float(chosen[(row, "")]) == float(weight), row
+    rows = [line for line in script.splitlines() if re.match(r"^\| (none|pixel|feature|combined|ewc) \|", line)]
+    assert len(rows) == 9 and all(line.endswith("| 3 | — |") for line in rows)  # 3 seeds per row, none failed
